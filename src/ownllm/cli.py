@@ -1,0 +1,80 @@
+"""The `ownllm` command: parse arguments, then call one stage.
+
+Each subcommand lives in its stage's package as a module with two functions:
+`configure(parser)` adds its arguments, `run(args)` does the work. Modules are imported
+only when their subcommand is chosen, so `ownllm --help` stays fast (no PyTorch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ownllm import __version__
+from ownllm.errors import UserError
+
+# name -> (module, one-line help). The order is the pipeline's order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("ownllm.data.data_command", "clean and deduplicate raw text files into a corpus"),
+    "tokenizer": ("ownllm.tokenizer.command", "train a byte-level BPE tokenizer on the corpus"),
+    "tokenize": ("ownllm.data.tokenize_command", "encode the corpus into token shards for training"),
+    "pretrain": ("ownllm.train.pretrain_command", "pretrain the transformer on the token shards"),
+    "sample": ("ownllm.inference.sample_command", "print a continuation of a prompt from the latest checkpoint"),
+}
+
+EPILOG = """\
+a run directory (--run DIR) holds every stage's artifacts; stages read what earlier stages wrote:
+  ownllm data --run runs/demo              # corpus/   (bundled corpus if no --input)
+  ownllm tokenizer --run runs/demo         # tokenizer/
+  ownllm tokenize --run runs/demo          # tokens/
+  ownllm pretrain --run runs/demo          # checkpoints/pretrain/
+  ownllm sample --run runs/demo --prompt "Once upon a time"
+run `ownllm COMMAND --help` for a command's options."""
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ownllm",
+        description="From a folder of raw text to your own AI assistant, with no third-party model anywhere.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ownllm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.configure(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        sys.exit(2)
+    try:
+        status = args._run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+def add_run_argument(parser: argparse.ArgumentParser) -> None:
+    """Every stage command takes --run DIR; explicit artifact paths override its conventions."""
+    parser.add_argument(
+        "--run",
+        default="runs/demo",
+        metavar="DIR",
+        help="run directory holding every stage's artifacts (default: %(default)s)",
+    )

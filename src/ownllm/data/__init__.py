@@ -1,0 +1,1 @@
+"""Pipeline stage 1: raw files -> clean, deduplicated corpus -> token shards."""

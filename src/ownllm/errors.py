@@ -1,0 +1,14 @@
+"""Errors a user can cause (bad path, bad flag, stale artifact) versus bugs.
+
+A `UserError` is printed by the CLI as one line, `error: ...`, with exit status 2 and no
+traceback. Its message says what is wrong and, where possible, what to do about it.
+Anything else that escapes is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the user's input or environment, reported in one line."""
+
+
+class StaleArtifactError(UserError):
+    """An artifact was built from inputs that have changed since; the message names the command to rerun."""
