@@ -1,0 +1,36 @@
+"""Shared test fixtures: the bundled corpus and a way to run the real `ownllm` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "src" / "ownllm" / "resources" / "corpus"
+
+
+def run_ownllm(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
+    """Run `python -m ownllm ARGS` as a real process; return the CompletedProcess (text mode)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ownllm", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def ownllm():
+    return run_ownllm
+
+
+@pytest.fixture(scope="session")
+def bundled_corpus() -> Path:
+    return CORPUS
