@@ -174,3 +174,16 @@ def test_missing_stages_name_the_command_to_run(tmp_path):
         token_shards.open_tokens(tmp_path / "tokens")
     with pytest.raises(UserError, match="ownllm tokenizer"):
         token_shards.tokenizer_hash(tmp_path / "tokenizer")
+
+
+def test_artifacts_get_the_usual_permissions(tmp_path):
+    """Temporary-file helpers create private files; finished artifacts must follow the umask like any file."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {})
+        with atomic_directory(tmp_path / "d") as d:
+            (d / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

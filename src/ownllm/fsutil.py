@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: str | os.PathLike, is_dir: bool) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give artifacts the usual umask-based mode."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_current_umask())
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
     try:
@@ -38,6 +49,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _normal_mode(tmp, is_dir=False)
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -75,6 +87,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        _normal_mode(tmp, is_dir=True)
         yield tmp
         for child in tmp.rglob("*"):
             if child.is_file():
