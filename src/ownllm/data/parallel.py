@@ -1,0 +1,67 @@
+"""An ordered, memory-bounded parallel map over a stream of jobs.
+
+`multiprocessing.Pool.imap` keeps results in order but reads its whole input as fast as it
+can, so a corpus larger than memory would pile up in the task queue. Here at most `window`
+jobs are in flight: a new job is submitted only after the oldest result has been taken.
+Results come back in submission order, so the output never depends on the worker count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from typing import Callable, Iterable, Iterator, TypeVar
+
+Meta = TypeVar("Meta")
+Arg = TypeVar("Arg")
+Result = TypeVar("Result")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def ordered_map(
+    function: Callable[[Arg], Result],
+    jobs: Iterable[tuple[Meta, Arg]],
+    *,
+    workers: int,
+    initializer: Callable[..., None],
+    initargs: tuple = (),
+    window: int | None = None,
+) -> Iterator[tuple[Meta, Result]]:
+    """Yield (meta, function(arg)) for each (meta, arg) job, in order; `meta` stays in this process."""
+    if workers <= 1:
+        initializer(*initargs)
+        for meta, arg in jobs:
+            yield meta, function(arg)
+        return
+    window = window or 2 * workers
+    # forkserver: workers start from a clean process rather than a copy of this one (which may
+    # hold threads, e.g. a progress bar's); preloading the worker's module keeps starts fast.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context.set_forkserver_preload([function.__module__])
+    with context.Pool(workers, _start_worker, (initializer, initargs)) as pool:  # leaving it terminates the pool
+        in_flight: deque = deque()
+        for meta, arg in jobs:
+            in_flight.append((meta, pool.apply_async(function, (arg,))))
+            if len(in_flight) >= window:
+                oldest_meta, oldest = in_flight.popleft()
+                yield oldest_meta, oldest.get()
+        while in_flight:
+            oldest_meta, oldest = in_flight.popleft()
+            yield oldest_meta, oldest.get()
+
+
+def _start_worker(initializer: Callable[..., None], initargs: tuple) -> None:
+    # Ctrl-C is the main process's to handle (it stops the pool); workers ignore it instead of
+    # each printing a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    initializer(*initargs)
