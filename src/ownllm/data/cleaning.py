@@ -4,10 +4,11 @@ Every document goes through the same steps, in this order:
 
 1. decode UTF-8, replacing (and counting) invalid byte sequences;
 2. for HTML, drop the markup and keep the text, with a line break per block element;
-3. Unicode NFC, so that "é" is one code point however the source spelled it;
-4. line breaks unified to "\\n", control characters and invisible marks removed;
-5. Project Gutenberg licence header and footer removed;
-6. whitespace normalised: odd spaces become " ", runs inside a line collapse to one space,
+3. mojibake repaired: UTF-8 that was once mis-decoded as Windows-1252 ("â€™" for "’");
+4. Unicode NFC, so that "é" is one code point however the source spelled it;
+5. line breaks unified to "\\n", control characters and invisible marks removed;
+6. Project Gutenberg licence header and footer removed;
+7. whitespace normalised: odd spaces become " ", runs inside a line collapse to one space,
    trailing spaces go, at most one blank line in a row, no whitespace at either end.
 
 Indentation at the start of a line (after the first) is kept: it carries meaning in verse and code.
@@ -48,6 +49,47 @@ _GUTENBERG_END = re.compile(
 )
 
 
+# Mojibake: UTF-8 bytes that were once decoded as Windows-1252 (or Latin-1), so "“" (E2 80 9C)
+# became "â€œ". A lead byte C2-F4 then reads as one of "Â".."ô", a continuation byte 80-BF as one
+# of the characters below (C1 controls where Windows-1252 has no character). A text with no such
+# pair cannot hold mojibake: the cheap test that keeps ftfy away from almost every document.
+_CONTINUATION_BYTE_CHARS = (
+    "\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013\u2014"
+    "\u2018-\u201a\u201c-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122"
+)
+_MOJIBAKE_HINT = re.compile(f"[\u00c2-\u00f4][{_CONTINUATION_BYTE_CHARS}]")
+# Windows-1252 has no character for byte 9D, so many decoders drop it, and the last byte of "”"
+# (E2 80 9D) is lost: "â€" is left, with a space, a line break or the end of the text after it.
+# ftfy would read "â€ " as a dagger (E2 80 A0, taking the space for a lost no-break space); giving
+# the byte back first makes it a closing quote, by far the likeliest in prose.
+_LOST_BYTE_9D = re.compile(f"\u00e2\u20ac(?![{_CONTINUATION_BYTE_CHARS}])")
+_RESTORED_9D = "\u00e2\u20ac\x9d"
+
+
+def repair_mojibake(text: str) -> str:
+    """Undo UTF-8 mis-decoded as Windows-1252 ("â€™" -> "’"), line by line; other text is untouched.
+
+    The hint above only finds candidates; ftfy decides whether a line really is mojibake (it
+    leaves "Âge tendre" or "São Tomé" alone), and only its encoding repair is used: quotes
+    stay curly, ligatures and widths stay as they are. Lines are repaired one at a time, as ftfy's own
+    `fix_text` does, so one bad line in a book does not depend on the rest. ftfy is imported
+    only when a document needs it, which keeps the workers lean. When nothing needed repair,
+    `text` itself (the same object) comes back.
+    """
+    if text.isascii() or not _MOJIBAKE_HINT.search(text):
+        return text
+    import ftfy
+
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if _MOJIBAKE_HINT.search(line):
+            fixed = ftfy.fix_encoding(_LOST_BYTE_9D.sub(_RESTORED_9D, line))
+            # Where ftfy judged the line not to be mojibake after all, take the byte back out.
+            lines[i] = fixed.replace(_RESTORED_9D, "\u00e2\u20ac")
+    repaired = "\n".join(lines)
+    return text if repaired == text else repaired
+
+
 def decode_utf8(data: bytes) -> tuple[str, int]:
     """Decode UTF-8; return the text and how many invalid byte sequences became U+FFFD."""
     try:
@@ -59,7 +101,7 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
 
 
 def clean_text(text: str) -> str:
-    """Steps 3 to 6 above; the result is what the corpus stores."""
+    """Steps 4 to 7 above; the result is what the corpus stores."""
     text = unicodedata.normalize("NFC", text)
     data = text.encode("utf-8", "surrogatepass")
     if data.translate(None, _ORDINARY_BYTES) or any(seq in data for seq in _SUSPECT_SEQUENCES):

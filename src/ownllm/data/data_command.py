@@ -121,6 +121,8 @@ def _print_summary(manifest: dict, run_dir: RunDir) -> None:
     if invalid["sequences_replaced"]:
         replaced, documents = invalid["sequences_replaced"], invalid["documents"]
         say(f"invalid UTF-8: {replaced:,} sequences replaced in {documents:,} documents")
+    if manifest["mojibake_repaired"]["documents"]:
+        say(f"mojibake repaired in {manifest['mojibake_repaired']['documents']:,} documents")
     say(
         f"took {seconds:.1f} s ({counts['documents_in'] / seconds:,.0f} docs/s, "
         f"{counts['bytes_in'] / 1e6 / seconds:,.1f} MB/s)"

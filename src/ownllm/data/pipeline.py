@@ -105,6 +105,7 @@ class CorpusReport:
         self.removed_examples: dict[str, list[dict]] = {}
         self.invalid_utf8_sequences = 0
         self.invalid_utf8_documents = 0
+        self.mojibake_repaired = 0  # documents
         self.duplicates = {"exact_duplicate": 0, "near_duplicate": 0}
         self.clusters: set[int] = set()  # ids of kept documents that had duplicates removed
         self.cluster_examples: dict[int, dict] = {}
@@ -208,6 +209,7 @@ class _Assembler:
         if outcome.invalid_utf8:
             report.invalid_utf8_sequences += outcome.invalid_utf8
             report.invalid_utf8_documents += 1
+        report.mojibake_repaired += outcome.mojibake_repaired
         if isinstance(outcome, Removed):
             report.remove(outcome.reason, source, ordinal, outcome.preview)
             return
@@ -336,6 +338,7 @@ def _manifest(settings, sources, reader, report, summary, dedup, seconds) -> dic
             "sequences_replaced": report.invalid_utf8_sequences,
             "documents": report.invalid_utf8_documents,
         },
+        "mojibake_repaired": {"documents": report.mojibake_repaired},
         "inputs": inputs,
         "settings": settings.to_dict(),
         "seconds": round(seconds, 3),

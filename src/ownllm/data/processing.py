@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ownllm.data.cleaning import clean_text, decode_utf8, html_to_text
+from ownllm.data.cleaning import clean_text, decode_utf8, html_to_text, repair_mojibake
 from ownllm.data.fingerprints import MinHashSigner, exact_key
 from ownllm.data.quality import QualityThresholds, quality_problem
 
@@ -33,12 +33,14 @@ class Kept(NamedTuple):
     key: bytes  # exact-duplicate key, also decides the train/val split
     signature: bytes | None  # MinHash signature as uint32 bytes, for near-duplicate detection
     invalid_utf8: int  # invalid byte sequences replaced by U+FFFD
+    mojibake_repaired: bool = False
 
 
 class Removed(NamedTuple):
     reason: str
     preview: str  # the start of the text, so a person can judge the filter
     invalid_utf8: int
+    mojibake_repaired: bool = False
 
 
 class DocumentProcessor:
@@ -58,12 +60,14 @@ class DocumentProcessor:
                 return Removed("invalid_record", preview(payload.decode("utf-8", "replace")), invalid)
         elif kind == "html":
             text = html_to_text(text)
-        text = clean_text(text)
+        repaired = repair_mojibake(text)
+        mojibake = repaired is not text  # the same object comes back when nothing was repaired
+        text = clean_text(repaired)
         problem = quality_problem(text, self.settings.limits)
         if problem is not None:
-            return Removed(problem, preview(text), invalid)
+            return Removed(problem, preview(text), invalid, mojibake)
         signature = self.signer.signature(text).tobytes() if self.signer else None
-        return Kept(text, exact_key(text), signature, invalid)
+        return Kept(text, exact_key(text), signature, invalid, mojibake)
 
     def _record_text(self, line: str) -> str | None:
         """The configured field of one JSON record, or None if the line is not such a record."""
