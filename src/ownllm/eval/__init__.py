@@ -1,0 +1,1 @@
+"""Evaluation: bits per byte and perplexity (more benchmarks come with later stages)."""

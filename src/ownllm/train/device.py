@@ -1,0 +1,125 @@
+"""Where training runs and in which precision, detected rather than assumed, and the MFU denominator.
+
+  CUDA with bf16 support: bf16 autocast over fp32 master weights (no loss scaling needed)
+  CUDA without bf16:      fp16 autocast with a gradient scaler (fp16 overflows without one)
+  CPU:                    fp32, unless a quick measurement shows bf16 matrix products are
+                          clearly faster (CPUs with AMX); on many CPUs bf16 is ~100x slower.
+
+MFU (model FLOPs utilisation) = achieved model FLOP/s / peak FLOP/s. On CUDA the peak is
+the GPU's published dense bf16 rate (or a measurement for unknown GPUs); on CPU it is a
+matrix-product rate measured at start, the honest ceiling of this particular machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ownllm.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, FLOP/s. Checked in order.
+GPU_BF16_PEAK = [
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("B200", 2250e12),
+    ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12),
+    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+]
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    dtype: torch.dtype  # the dtype matrix products run in; fp32 means no autocast
+    peak_flops: float  # FLOP/s, the MFU denominator
+    peak_source: str
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+
+    def describe(self) -> str:
+        name = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.dtype]
+        return f"{self.device.type}, {name}, peak {self.peak_flops / 1e12:.2f} TFLOP/s ({self.peak_source})"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but PyTorch sees no CUDA GPU; use --set device=cpu (or auto)")
+    return torch.device(name)
+
+
+def choose_precision(device: torch.device, requested: str = "auto") -> Precision:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 products on tensor cores where fp32 is used
+        torch.backends.cudnn.allow_tf32 = True
+        if requested == "auto":
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if requested == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError("this GPU does not support bf16; use --set dtype=fp16 (or auto)")
+        peak, source = gpu_peak_flops(device)
+        return Precision(device, DTYPES[requested], peak, source)
+    if requested == "fp16":
+        raise UserError("fp16 training needs a CUDA GPU; on CPU use dtype=fp32 or bf16")
+    fp32_rate = cpu_peak_flops(torch.float32)
+    if requested == "auto":
+        bf16_rate = measure_matmul_flops(device, torch.bfloat16, size=128, seconds=0.05)
+        requested = "bf16" if bf16_rate > 1.5 * fp32_rate else "fp32"
+    rate = fp32_rate if requested == "fp32" else cpu_peak_flops(torch.bfloat16)
+    return Precision(device, DTYPES[requested], rate, f"measured {requested} matmul, one core x {torch.get_num_threads()}")
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> float:
+    """One core's best matrix-product rate times the threads PyTorch uses.
+
+    Measured on one thread because a multi-threaded product waits for its slowest thread:
+    on a machine shared with other processes that measures the neighbours, not the ceiling.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return threads * measure_matmul_flops(torch.device("cpu"), dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def gpu_peak_flops(device: torch.device) -> tuple[float, str]:
+    name = torch.cuda.get_device_name(device)
+    for key, flops in GPU_BF16_PEAK:
+        if key in name:
+            return flops, f"{name} bf16 data sheet"
+    return measure_matmul_flops(device, torch.bfloat16, size=4096), f"measured bf16 matmul on {name}"
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 256, seconds: float = 0.3) -> float:
+    """The best FLOP/s of repeated (size x size) @ (size x size) products within about `seconds`.
+
+    The best, not the mean: other processes sharing the machine only ever slow a product down.
+    The default size fits in a CPU core's cache, so this is close to the arithmetic ceiling.
+    """
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(3):  # wake the thread pool, warm the caches
+        torch.mm(a, b)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,337 @@
+"""The training loop shared by pretraining and fine-tuning.
+
+One optimizer step:
+    for each of grad_accum micro-batches: loss = model(inputs, targets) / grad_accum; loss.backward()
+    clip the global gradient norm; set the scheduled learning rate; AdamW step; clear gradients
+
+Around it: evaluation and sampling every N steps, a JSON line per logged step in
+metrics.jsonl, a progress bar, checkpoints every N steps and on Ctrl-C / SIGTERM, a stop
+with a clear message when the loss becomes NaN (the last good checkpoint is kept), and an
+optional wall-clock budget that sets the number of steps so that the decay ends on time.
+
+The caller supplies the model, the batches and what evaluation and sampling mean, so a
+fine-tuning stage reuses this loop with its own data and loss masks.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import torch
+
+from ownllm.console import progress, say
+from ownllm.errors import UserError
+from ownllm.run import RunDir
+from ownllm.train import checkpoint
+from ownllm.train.config import TrainConfig
+from ownllm.train.device import Precision
+from ownllm.train.loader import BatchLoader
+from ownllm.train.optim import build_optimizer, set_lr
+from ownllm.train.schedule import lr_at
+
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+@dataclass
+class Hooks:
+    """What a stage plugs into the loop. Each receives the model (in eval mode while it runs)."""
+
+    evaluate: Callable[[torch.nn.Module], dict] | None = None  # -> {"val_loss": ..., ...}
+    sample: Callable[[torch.nn.Module], list[str]] | None = None  # -> a few generated texts
+    checkpoint_state: dict | None = None  # extra facts saved with every checkpoint (e.g. tokenizer hash)
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        stage: str,
+        run: RunDir,
+        config: TrainConfig,
+        model: torch.nn.Module,
+        loader: BatchLoader,
+        precision: Precision,
+        hooks: Hooks | None = None,
+    ):
+        self.stage, self.run, self.config = stage, run, config
+        self.model, self.loader, self.precision = model, loader, precision
+        self.hooks = hooks or Hooks()
+        self.stage_dir = run.checkpoints / stage
+        self.optimizer = build_optimizer(
+            model, config.lr, config.weight_decay, (config.beta1, config.beta2), precision.device
+        )
+        self.scaler = precision.grad_scaler()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.flops_per_token = model.flops_per_token(config.seq_len)
+        self.step = 0  # optimizer steps done
+        self.tokens = 0  # training tokens seen
+        self.elapsed_before = 0.0  # seconds spent in earlier sessions of this run
+        # With a time budget the number of steps is unknown until the speed is measured (see _plan).
+        self.total_steps: int | None = config.steps if config.time_budget == 0 else None
+        self.last_checkpoint: Path | None = None
+        self.last_eval: dict | None = None
+        self.started = time.perf_counter()
+        self._stop_signal: int | None = None
+        self._bar = None
+        self._step_seconds: list[float] = []
+        self._eval_seconds = 0.0
+        self._check_memory()
+
+    # ---- starting and resuming -------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        """Forget earlier checkpoints of this stage (the user asked to start over)."""
+        if self.stage_dir.exists():
+            shutil.rmtree(self.stage_dir)
+
+    def resume(self, steps_override: int | None = None) -> None:
+        """Load the latest checkpoint: weights, optimizer, data position, random generators, plan."""
+        path = checkpoint.latest_checkpoint(self.stage_dir)
+        if path is None:
+            raise UserError(f"nothing to resume: no checkpoint in {self.stage_dir}; start without --resume")
+        state = checkpoint.read_state(path)
+        checkpoint.load_weights(path, self.model)
+        checkpoint.load_training_state(path, self.optimizer, self.scaler)
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.elapsed_before = state["elapsed"]
+        self.total_steps = steps_override if steps_override is not None else state["total_steps"]
+        self.last_checkpoint = path
+        self._log({"event": "resume", "from": path.name})
+        say(f"resuming from {path} (step {self.step} of {self.total_steps or 'a time-budget plan'})")
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> int:
+        """Train until total_steps; return the exit status (0, or 130/143 when interrupted)."""
+        cfg = self.config
+        self.started = time.perf_counter()
+        train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.model.train()
+        if self.total_steps is not None and self.step >= self.total_steps:
+            say(f"already trained {self.step} steps; to continue, resume with --set steps=N (N > {self.step})")
+            return 0
+        self._log({"event": "start" if self.step == 0 else "continue", "total_steps": self.total_steps,
+                   "flops_per_token": self.flops_per_token, "precision": self.precision.describe()})
+        with self._signals_caught(), progress(total=self.total_steps, initial=self.step, unit="step",
+                                              desc=self.stage) as self._bar:
+            if self.step == 0:
+                self._evaluate()
+            while self.total_steps is None or self.step < self.total_steps:
+                self._train_step(train_model)
+                if self.total_steps is None and len(self._step_seconds) >= self._plan_step():
+                    self._plan_from_measured_speed()
+                last = self.total_steps is not None and self.step >= self.total_steps
+                if last or (cfg.eval_every and self.step % cfg.eval_every == 0):
+                    self._evaluate()
+                if last or (cfg.sample_every and self.step % cfg.sample_every == 0):
+                    self._sample()
+                if last or self._stop_signal or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                    self._save()
+                if self._stop_signal and not last:
+                    return self._interrupted()
+        self._log({"event": "done", "step": self.step, "elapsed": round(self.elapsed, 3)})
+        say(f"trained {self.step} steps ({self.tokens:,} tokens) in {_clock(self.elapsed)}; "
+            f"checkpoint {self.last_checkpoint}")
+        return 0
+
+    def _train_step(self, train_model: torch.nn.Module) -> None:
+        cfg = self.config
+        # Before a time-budget plan exists the run is in warm-up, whose rates do not depend on the total.
+        lr = lr_at(self.step, self.total_steps or 10**9, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.schedule,
+                   cfg.decay_fraction)
+        set_lr(self.optimizer, lr)
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.precision.device)
+        try:
+            for _ in range(cfg.grad_accum):
+                inputs, targets = self.loader.next_batch()
+                with self.precision.autocast():
+                    loss = train_model(inputs, targets) / cfg.grad_accum
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                loss_sum += loss.detach()
+        except torch.OutOfMemoryError:
+            raise UserError(
+                f"micro_batch={cfg.micro_batch} x seq_len={cfg.seq_len} does not fit in {self.precision.device} "
+                f"memory; lower micro_batch (batch_tokens stays the same through gradient accumulation) or "
+                f"--set grad_checkpointing=true"
+            ) from None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True).item()
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value) or (self.scaler is None and not math.isfinite(grad_norm)):
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+            raise TrainingDiverged(
+                f"training diverged: the {what} became {loss_value if what == 'loss' else grad_norm} at step "
+                f"{self.step + 1}; {kept}; try a lower lr (resume with --resume --set lr=...)"
+            )
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        self._step_seconds.append(seconds)
+        self.step += 1
+        self.tokens += cfg.batch_tokens
+        tok_per_s = cfg.batch_tokens / seconds
+        mfu = self.flops_per_token * tok_per_s / self.precision.peak_flops
+        if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            self._log({"step": self.step, "tokens": self.tokens, "loss": loss_value, "lr": lr,
+                       "grad_norm": round(grad_norm, 5), "tok_per_s": round(tok_per_s, 1), "mfu": round(mfu, 4),
+                       "elapsed": round(self.elapsed, 3)})
+        self._bar.set_postfix_str(f"loss {loss_value:.3f} | {tok_per_s:,.0f} tok/s | MFU {mfu:.1%}", refresh=False)
+        self._bar.update(1)
+
+    # ---- time budget -------------------------------------------------------------------------
+
+    def _plan_step(self) -> int:
+        """How many steps to time before planning: within warm-up where possible, at least 3."""
+        return max(3, min(self.config.warmup_steps, 20))
+
+    def _plan_from_measured_speed(self) -> None:
+        """Set total_steps so that training, evaluations and the final evaluation fit the budget."""
+        cfg = self.config
+        measured = self._step_seconds[1:]  # the first step pays for allocation and compilation
+        step_seconds = sorted(measured)[len(measured) // 2]
+        per_step = step_seconds + (self._eval_seconds / cfg.eval_every if cfg.eval_every else 0.0)
+        remaining = cfg.time_budget - self.elapsed - self._eval_seconds - 0.01 * cfg.time_budget
+        self.total_steps = max(self.step, self.step + int(remaining / per_step))
+        self._bar.total = self.total_steps
+        self._bar.refresh()
+        self._log({"event": "plan", "step": self.step, "total_steps": self.total_steps,
+                   "step_seconds": round(step_seconds, 4), "eval_seconds": round(self._eval_seconds, 3),
+                   "time_budget": cfg.time_budget})
+        self._say(f"time budget {_clock(cfg.time_budget)}: {step_seconds:.2f} s per step measured, "
+                  f"planning {self.total_steps} steps")
+
+    # ---- evaluation, sampling, checkpoints ---------------------------------------------------
+
+    def _evaluate(self) -> None:
+        if self.hooks.evaluate is None:
+            return
+        start = time.perf_counter()
+        self.model.eval()
+        with torch.no_grad(), self.precision.autocast():
+            results = self.hooks.evaluate(self.model)
+        self.model.train()
+        self._eval_seconds = time.perf_counter() - start
+        self.last_eval = results
+        self._log({"step": self.step, "tokens": self.tokens, **results, "elapsed": round(self.elapsed, 3)})
+        self._say(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+
+    def _sample(self) -> None:
+        if self.hooks.sample is None:
+            return
+        self.model.eval()
+        with torch.no_grad(), self.precision.autocast():
+            texts = self.hooks.sample(self.model)
+        self.model.train()
+        self._log({"step": self.step, "samples": texts})
+        for text in texts:
+            self._say(f"  sample: {text!r}")
+
+    def _save(self) -> None:
+        if self.last_checkpoint is not None and self.last_checkpoint.name == checkpoint.step_name(self.step):
+            return
+        state = {
+            "stage": self.stage,
+            "tokens": self.tokens,
+            "total_steps": self.total_steps,
+            "elapsed": self.elapsed,
+            "loader": self.loader.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.config.to_dict(),
+            **(self.hooks.checkpoint_state or {}),
+        }
+        self.last_checkpoint = checkpoint.save_checkpoint(
+            self.stage_dir, self.step, self.model, self.optimizer, state, self.scaler, self.config.keep_checkpoints
+        )
+
+    # ---- interruption, memory, logging -------------------------------------------------------
+
+    def _signals_caught(self):
+        """First Ctrl-C or SIGTERM: finish the step, save, exit. A second Ctrl-C stops at once."""
+        trainer = self
+
+        class Catch:
+            def __enter__(self):
+                self.previous = {}
+                if threading.current_thread() is threading.main_thread():
+                    for sig in EXIT_STATUS:
+                        self.previous[sig] = signal.signal(sig, trainer._on_signal)
+
+            def __exit__(self, *exc):
+                for sig, handler in self.previous.items():
+                    signal.signal(sig, handler)
+
+        return Catch()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        self._say("stopping: saving a checkpoint after this step (press Ctrl-C again to stop at once)")
+
+    def _interrupted(self) -> int:
+        self._log({"event": "interrupted", "step": self.step, "signal": signal.Signals(self._stop_signal).name})
+        say(f"interrupted at step {self.step}; checkpoint {self.last_checkpoint}; "
+            f"continue with `ownllm {self.stage} --run {self.run.root} --resume`")
+        return EXIT_STATUS[self._stop_signal]
+
+    def _check_memory(self) -> None:
+        """Refuse, before starting, a CPU run whose weights, optimizer and activations cannot fit in RAM."""
+        if self.precision.device.type != "cpu":
+            return  # on CUDA an out-of-memory error in the first step says the same, precisely
+        cfg, m = self.config, self.model.config
+        n_params = sum(p.numel() for p in self.params)
+        tokens = cfg.micro_batch * cfg.seq_len
+        # fp32: weights, gradients, two Adam moments; per token and layer about 8 widths and 4 hidden widths
+        # of saved activations; the loss holds one chunk of logits and the gradient of the final states.
+        needed = 4 * (4 * n_params + tokens * (m.n_layers * (8 * m.d_model + 4 * m.hidden_dim) + 4 * m.d_model))
+        if cfg.grad_checkpointing:
+            needed = 4 * (4 * n_params + tokens * (m.n_layers * m.d_model + 12 * m.d_model + 4 * m.hidden_dim))
+        available = psutil.virtual_memory().available
+        if needed > 0.9 * available:
+            raise UserError(
+                f"this configuration needs about {needed / 2**30:.1f} GiB of memory and {available / 2**30:.1f} GiB "
+                f"is free; lower micro_batch (batch_tokens stays the same) or the model size"
+            )
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def _log(self, record: dict) -> None:
+        self.run.log_metrics({"stage": self.stage, **record})
+
+    def _say(self, message: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            say(message)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -1,0 +1,72 @@
+"""Shared builders for the model, training and sampling tests (this module holds no tests itself).
+
+`byte_level_run` writes a run directory whose token shards hold real text from the bundled
+corpus, one token per UTF-8 byte (vocabulary 257: the bytes and <|endoftext|>). It needs no
+tokenizer, so training tests do not depend on the tokenizer stage; `bpe_run` adds a real
+trained tokenizer for the tests that sample text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ownllm.data.token_shards import FORMAT, VERSION, TokenShardWriter, tokenizer_hash
+
+CORPUS = Path(__file__).resolve().parents[1] / "src" / "ownllm" / "resources" / "corpus"
+BYTE_EOT = 256
+
+
+def story_documents(limit_bytes: int, skip_bytes: int = 0) -> list[str]:
+    """Paragraph-separated documents from the bundled TinyStories validation prefix."""
+    text = (CORPUS / "tinystories-valid-prefix.txt").read_text(encoding="utf-8")
+    text = text[skip_bytes : skip_bytes + limit_bytes]
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
+
+
+def write_token_shards(tokens_dir: Path, splits: dict[str, list[list[int]]], vocab_size: int, eot_id: int,
+                       texts: dict[str, list[str]], tok_hash: str, shard_tokens: int = 1 << 27) -> None:
+    tokens_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "version": VERSION, "dtype": np.dtype("<u2").str, "vocab_size": vocab_size,
+            "eot_id": eot_id, "tokenizer_hash": tok_hash, "corpus_hash": "test-fixture", "splits": {}}
+    for split, docs in splits.items():
+        writer = TokenShardWriter(tokens_dir, split, vocab_size, shard_tokens=shard_tokens)
+        for ids, text in zip(docs, texts[split]):
+            writer.add(ids + [eot_id], text_bytes=len(text.encode("utf-8")))
+        meta["splits"][split] = writer.close()
+    (tokens_dir / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def byte_level_run(root: Path, train_bytes: int = 120_000, val_bytes: int = 20_000, shard_tokens: int = 1 << 27) -> Path:
+    train, val = story_documents(train_bytes), story_documents(val_bytes, skip_bytes=train_bytes)
+    texts = {"train": train, "val": val}
+    ids = {split: [list(d.encode("utf-8")) for d in docs] for split, docs in texts.items()}
+    write_token_shards(root / "tokens", ids, vocab_size=257, eot_id=BYTE_EOT, texts=texts,
+                       tok_hash="bytes", shard_tokens=shard_tokens)
+    return root
+
+
+def bpe_run(root: Path, vocab_size: int = 400) -> Path:
+    """A run with a real BPE tokenizer trained on the stories, and token shards made with it."""
+    from ownllm.tokenizer import train_bpe
+
+    train, val = story_documents(120_000), story_documents(20_000, skip_bytes=120_000)
+    tokenizer = train_bpe(train, vocab_size=vocab_size)
+    tokenizer.save(root / "tokenizer")
+    texts = {"train": train, "val": val}
+    ids = {split: [tokenizer.encode(d) for d in docs] for split, docs in texts.items()}
+    write_token_shards(root / "tokens", ids, tokenizer.vocab_size, tokenizer.eot_id, texts,
+                       tokenizer_hash(root / "tokenizer"))
+    return root
+
+
+def metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def step_losses(run: Path) -> dict[int, float]:
+    """The loss of every training step, the last record winning (a resumed run repeats some steps)."""
+    return {r["step"]: r["loss"] for r in metrics(run) if "loss" in r}
