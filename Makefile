@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RUN    ?= runs/demo
+VOCAB  ?= 8192
 STAMP  := $(VENV)/.ownllm-setup
 
 .PHONY: setup test test-all demo bench clean
@@ -20,17 +21,22 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-## The main job on the bundled corpus: clean corpus, train the tokenizer, write token shards.
+## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 15 minutes on 2 cores).
 demo: setup
+	@echo "ownllm demo: corpus -> tokenizer -> token shards -> 10 minutes of pretraining -> samples."
+	@echo "This takes about 15 minutes on a 2-core CPU. Artifacts go to $(RUN)/; Ctrl-C stops safely."
 	$(VENV)/bin/ownllm data --run $(RUN)
-	$(VENV)/bin/ownllm tokenizer --run $(RUN) --vocab-size 8192
+	$(VENV)/bin/ownllm tokenizer --run $(RUN) --vocab-size $(VOCAB)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --stats
 	$(VENV)/bin/ownllm tokenize --run $(RUN)
+	$(VENV)/bin/ownllm pretrain --run $(RUN) --preset cpu --restart
+	$(VENV)/bin/ownllm sample --run $(RUN) --prompt "Once upon a time" --max-tokens 120 --samples 3 --seed 1
 
 ## Benchmarks print measured figures (never part of the tests).
 bench: setup
 	EXTRAS=dev,bench bash scripts/setup.sh
 	$(PY) bench/tokenizer.py
+	$(PY) bench/train_throughput.py
 	$(PY) bench/corpus.py
 
 clean:

@@ -31,6 +31,17 @@ def ownllm():
     return run_ownllm
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the machine running the tests is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def bundled_corpus() -> Path:
     return CORPUS

@@ -14,13 +14,7 @@ from ownllm.model.loss import IGNORE_INDEX, linear_cross_entropy
 from test_train_helpers import story_documents
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine running the tests is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small(**changes) -> ModelConfig:

@@ -14,12 +14,7 @@ from ownllm.train.checkpoint import latest_checkpoint, load_model
 from test_train_helpers import bpe_run, byte_level_run, metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model() -> Transformer:

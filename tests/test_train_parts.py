@@ -227,3 +227,27 @@ def test_a_broken_latest_pointer_is_a_user_error(tmp_path):
     (tmp_path / "latest").write_text("step_000777\n")
     with pytest.raises(UserError, match="not a complete checkpoint"):
         checkpoint.latest_checkpoint(tmp_path)
+
+
+def test_replan_moves_the_end_when_the_run_slows_down():
+    from ownllm.train.trainer import replanned_total_steps
+
+    # Planned 300 steps for 180 s at 0.55 s/step, but since step 20 (at 12 s) the run went at 0.75 s/step.
+    new = replanned_total_steps(step=100, total=300, elapsed=72.0, mark_step=20, mark_elapsed=12.0,
+                                budget=180.0, eval_seconds=1.5)
+    per_step = (72.0 - 12.0) / 80
+    assert new == 100 + int((180.0 - 72.0 - 1.5 - 1.8) / per_step)
+    assert 100 < new < 300
+    # Ends on time: the remaining steps at the measured rate fit what is left of the budget.
+    assert 72.0 + (new - 100) * per_step + 1.5 <= 180.0
+
+
+def test_replan_leaves_an_accurate_plan_alone():
+    from ownllm.train.trainer import replanned_total_steps
+
+    # On pace: 300 steps at 0.5875 s/step from step 20 at 12 s fill the budget (less eval and margin).
+    assert replanned_total_steps(step=100, total=300, elapsed=59.0, mark_step=20, mark_elapsed=12.0,
+                                 budget=180.0, eval_seconds=1.5) is None
+    # Too few steps since the mark to trust a rate.
+    assert replanned_total_steps(step=25, total=300, elapsed=30.0, mark_step=20, mark_elapsed=12.0,
+                                 budget=180.0, eval_seconds=1.5) is None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ownllm.chat.calculator import calculate, is_error
@@ -29,6 +29,7 @@ from ownllm.chat.conversation import Conversation
 from ownllm.chat.persona import Persona
 from ownllm.chat.stories import StoryIndex, story_request
 from ownllm.errors import UserError
+from ownllm.settings import dataclass_from_dict
 
 KINDS = ("identity", "small_talk", "arithmetic", "story", "passage")
 DEFAULT_WEIGHTS = {"identity": 0.15, "small_talk": 0.15, "arithmetic": 0.3, "story": 0.25, "passage": 0.15}
@@ -58,11 +59,7 @@ class GeneratedMix:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratedMix":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise UserError(f"unknown mixture settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "mixture")
 
 
 def generate_conversations(

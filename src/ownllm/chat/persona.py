@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ownllm.errors import UserError
+from ownllm.settings import dataclass_from_dict
 
 MAX_NAME_CHARS = 40
 
@@ -36,8 +37,4 @@ class Persona:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Persona":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise UserError(f"unknown persona settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "persona")

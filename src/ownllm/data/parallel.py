@@ -14,9 +14,30 @@ import signal
 from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
+Item = TypeVar("Item")
 Meta = TypeVar("Meta")
 Arg = TypeVar("Arg")
 Result = TypeVar("Result")
+
+
+def size_bounded_batches(
+    items: Iterable[Item], max_size: int, max_items: int | None = None, size: Callable[[Item], int] = len
+) -> Iterator[list[Item]]:
+    """Group a stream into lists of at most `max_items` items whose sizes add up to about `max_size`.
+
+    The batch that crosses `max_size` is closed with that item, so a single oversized item
+    still travels alone rather than being dropped; memory stays bounded by one batch.
+    """
+    batch: list[Item] = []
+    total = 0
+    for item in items:
+        batch.append(item)
+        total += size(item)
+        if total >= max_size or (max_items is not None and len(batch) >= max_items):
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
 
 
 def available_cores() -> int:

@@ -30,7 +30,7 @@ from ownllm.data import corpus_shards
 from ownllm.data.corpus_shards import CorpusWriter
 from ownllm.data.dedup import Deduplicator, Match, RowStore, minhash_permutations
 from ownllm.data.fingerprints import key_fraction
-from ownllm.data.parallel import available_cores, ordered_map
+from ownllm.data.parallel import available_cores, ordered_map, size_bounded_batches
 from ownllm.data.processing import (
     Kept,
     ProcessingSettings,
@@ -228,17 +228,12 @@ class _Assembler:
 
 def _chunks(documents: Iterator[RawDocument]) -> Iterator[tuple[list, list]]:
     """Group documents into jobs of bounded size; locations stay here, payloads go to a worker."""
-    locations, payloads, size = [], [], 0
-    for doc in documents:
-        n = len(doc.payload) if doc.payload is not None else 0
-        locations.append((doc.source, doc.ordinal, n))
-        payloads.append((doc.kind, doc.payload))
-        size += n
-        if len(payloads) >= CHUNK_DOCUMENTS or size >= CHUNK_BYTES:
-            yield locations, payloads
-            locations, payloads, size = [], [], 0
-    if payloads:
-        yield locations, payloads
+    for batch in size_bounded_batches(documents, CHUNK_BYTES, CHUNK_DOCUMENTS, size=_payload_size):
+        yield ([(d.source, d.ordinal, _payload_size(d)) for d in batch], [(d.kind, d.payload) for d in batch])
+
+
+def _payload_size(doc: RawDocument) -> int:
+    return len(doc.payload) if doc.payload is not None else 0
 
 
 def _warn_skipped(reader: SourceReader, most: int = 5) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
 from ownllm.console import progress
 from ownllm.data.corpus_shards import SPLITS, iter_documents, read_manifest
+from ownllm.data.parallel import size_bounded_batches
 from ownllm.data.token_shards import FORMAT, VERSION, TokenShardWriter, dtype_for_vocab, tokenizer_hash
 from ownllm.errors import UserError
 from ownllm.fsutil import atomic_directory, atomic_write_json
@@ -50,7 +50,8 @@ def tokenize_corpus(
         n_tokens = 0
         for split in SPLITS:
             writer = TokenShardWriter(tmp, split, tokenizer.vocab_size, shard_tokens=shard_tokens)
-            for batch in _batches(iter_documents(corpus_dir, split, manifest)):
+            documents = iter_documents(corpus_dir, split, manifest)
+            for batch in size_bounded_batches(documents, BATCH_CHARS, BATCH_DOCUMENTS):
                 encoded = tokenizer.encode_batch(batch, num_threads=threads)
                 ids = np.fromiter(
                     itertools.chain.from_iterable(doc_ids + [eot] for doc_ids in encoded),
@@ -78,16 +79,3 @@ def tokenize_corpus(
         atomic_write_json(Path(tmp) / "meta.json", meta)
     return meta
 
-
-def _batches(documents: Iterable[str]) -> Iterator[list[str]]:
-    """Groups of up to BATCH_DOCUMENTS documents and about BATCH_CHARS characters."""
-    batch: list[str] = []
-    size = 0
-    for document in documents:
-        batch.append(document)
-        size += len(document)
-        if len(batch) >= BATCH_DOCUMENTS or size >= BATCH_CHARS:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch

@@ -13,7 +13,7 @@ from ownllm.console import say
 from ownllm.data.tokenize import tokenize_corpus
 from ownllm.errors import UserError
 from ownllm.run import RunDir
-from ownllm.tokenizer.pretokenize import available_cpus
+from ownllm.data.parallel import available_cores
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     run_dir = RunDir.open(args.run, create=False)
-    threads = args.threads or available_cpus()
+    threads = args.threads or available_cores()
     started = time.perf_counter()
     meta = tokenize_corpus(run_dir.corpus, run_dir.tokenizer, run_dir.tokens, threads=threads)
     seconds = time.perf_counter() - started

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from ownllm.errors import UserError
+from ownllm.settings import dataclass_from_dict
 
 
 @dataclass
@@ -68,11 +69,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise UserError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d).validate()
+        return dataclass_from_dict(cls, d, "model").validate()
 
 
 def _round_up(x: int, multiple: int) -> int:

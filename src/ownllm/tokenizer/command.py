@@ -18,7 +18,7 @@ from ownllm.errors import UserError
 from ownllm.fsutil import atomic_directory
 from ownllm.run import RunDir
 from ownllm.tokenizer.patterns import DEFAULT_PATTERN, PRESETS, resolve_pattern
-from ownllm.tokenizer.pretokenize import available_cpus
+from ownllm.data.parallel import available_cores
 from ownllm.tokenizer.reference import ReferenceEncoder
 from ownllm.tokenizer.special_tokens import SPECIAL_TOKENS
 from ownllm.tokenizer.tokenizer import Tokenizer
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if train_split["documents"] == 0:
         raise UserError(f"the corpus in {run_dir.corpus} has no training documents; rebuild it with `ownllm data`")
 
-    workers = args.workers or available_cpus()
+    workers = args.workers or available_cores()
     say(
         f"training a {args.vocab_size}-token BPE tokenizer on {train_split['documents']:,} documents "
         f"({train_split['bytes'] / 1e6:.1f} MB) with {workers} worker(s)"
@@ -137,7 +137,7 @@ def report_stats(run_dir: RunDir) -> int:
     with progress(total=val["documents"], unit="doc", desc="encoding validation split") as bar:
         for batch in _batches(iter_documents(run_dir.corpus, "val", manifest), 1024):
             n_bytes += sum(len(doc.encode("utf-8")) for doc in batch)
-            n_tokens += sum(map(len, tokenizer.encode_batch(batch, num_threads=available_cpus())))
+            n_tokens += sum(map(len, tokenizer.encode_batch(batch, num_threads=available_cores())))
             bar.update(len(batch))
     bytes_per_token = n_bytes / max(n_tokens, 1)
     print(f"tokenizer: {tokenizer.vocab_size} ids, pattern {tokenizer.pattern_name}")

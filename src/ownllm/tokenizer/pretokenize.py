@@ -19,17 +19,11 @@ from typing import Iterable, Iterator, Sequence
 import regex
 
 from ownllm.console import progress
+from ownllm.data.parallel import available_cores, size_bounded_batches
 from ownllm.errors import UserError
 from ownllm.tokenizer.reference import as_valid_unicode
 
 CHUNK_CHARS = 1 << 20  # text per task: large enough to amortise the transfer, small enough to spread
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def iter_texts(texts_or_paths: Iterable[str | os.PathLike]) -> Iterator[str]:
@@ -54,8 +48,8 @@ def count_pieces(
     total_texts: int | None = None,
 ) -> Counter[bytes]:
     """How often each distinct piece (UTF-8 bytes) occurs; text is cut at special tokens first."""
-    workers = workers or available_cpus()
-    chunks = _chunks(iter_texts(texts_or_paths))
+    workers = workers or available_cores()
+    chunks = size_bounded_batches(iter_texts(texts_or_paths), CHUNK_CHARS)
     first_two = list(itertools.islice(chunks, 2))
     if len(first_two) < 2:  # one chunk of text: not worth starting processes
         workers = 1
@@ -82,19 +76,6 @@ def count_pieces(
             "a split pattern must match every character (end it with a catch-all such as |\\s+|.)"
         )
     return Counter({piece.encode("utf-8"): n for piece, n in counts.items()})
-
-
-def _chunks(texts: Iterator[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    size = 0
-    for text in texts:
-        chunk.append(text)
-        size += len(text)
-        if size >= CHUNK_CHARS:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 # Worker state, set once per process by _init_worker (compiled regexes do not need pickling then).

@@ -130,6 +130,7 @@ class Trainer:
                                               desc=self.stage) as self._bar:
             if self.step == 0:
                 self._evaluate()
+            self._plan_mark = (self.step, self.elapsed)
             while self.total_steps is None or self.step < self.total_steps:
                 self._train_step(train_model)
                 if self.total_steps is None and len(self._step_seconds) >= self._plan_step():
@@ -137,6 +138,8 @@ class Trainer:
                 last = self.total_steps is not None and self.step >= self.total_steps
                 if last or (cfg.eval_every and self.step % cfg.eval_every == 0):
                     self._evaluate()
+                    if not last:
+                        self._replan_from_wall_clock()
                 if last or (cfg.sample_every and self.step % cfg.sample_every == 0):
                     self._sample()
                 if last or self._stop_signal or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
@@ -224,6 +227,30 @@ class Trainer:
                    "time_budget": cfg.time_budget})
         self._say(f"time budget {_clock(cfg.time_budget)}: {step_seconds:.2f} s per step measured, "
                   f"planning {self.total_steps} steps")
+        self._plan_mark = (self.step, self.elapsed)
+
+    def _replan_from_wall_clock(self) -> None:
+        """Move the end of a time-budget run when the speed since the last plan says it would miss the budget.
+
+        The first plan times a few early steps; later the machine may slow down (other work, heat)
+        and evaluations, samples and checkpoints add up. The wall-clock rate since the last plan
+        includes all of that. Only before 90% of the run, so the final decay is never disturbed.
+        """
+        cfg = self.config
+        if not cfg.time_budget or self.total_steps is None or self.step >= 0.9 * self.total_steps:
+            return
+        mark_step, mark_elapsed = self._plan_mark
+        new_total = replanned_total_steps(self.step, self.total_steps, self.elapsed, mark_step, mark_elapsed,
+                                          cfg.time_budget, self._eval_seconds)
+        if new_total is None:
+            return
+        self._log({"event": "replan", "step": self.step, "total_steps": new_total, "was": self.total_steps})
+        self._say(f"time budget: the run is going at {(self.elapsed - mark_elapsed) / (self.step - mark_step):.2f} "
+                  f"s per step; now planning {new_total} steps instead of {self.total_steps}")
+        self.total_steps = new_total
+        self._bar.total = new_total
+        self._bar.refresh()
+        self._plan_mark = (self.step, self.elapsed)
 
     # ---- evaluation, sampling, checkpoints ---------------------------------------------------
 
@@ -335,3 +362,20 @@ class Trainer:
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def replanned_total_steps(
+    step: int, total: int, elapsed: float, mark_step: int, mark_elapsed: float, budget: float, eval_seconds: float,
+    tolerance: float = 0.02,
+) -> int | None:
+    """A new step count that ends a time-budget run on time, or None if the current one is within `tolerance`.
+
+    The rate is the wall-clock time per step since (mark_step, mark_elapsed), everything included;
+    the final evaluation and a 1% margin are kept free, as in the first plan.
+    """
+    if step - mark_step < 10:
+        return None  # too few steps for a rate worth trusting
+    per_step = (elapsed - mark_elapsed) / (step - mark_step)
+    remaining = budget - elapsed - eval_seconds - 0.01 * budget
+    new_total = max(step + 1, step + int(remaining / per_step))
+    return None if abs(new_total - total) <= tolerance * total else new_total
