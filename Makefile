@@ -21,10 +21,10 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 15 minutes on 2 cores).
+## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 10-12 minutes on 2 cores).
 demo: setup
 	@echo "ownllm demo: corpus -> tokenizer -> token shards -> 10 minutes of pretraining -> samples."
-	@echo "This takes about 15 minutes on a 2-core CPU. Artifacts go to $(RUN)/; Ctrl-C stops safely."
+	@echo "This takes about 10-12 minutes on a 2-core CPU. Artifacts go to $(RUN)/; Ctrl-C stops safely."
 	$(VENV)/bin/ownllm data --run $(RUN)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --vocab-size $(VOCAB)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --stats
