@@ -114,6 +114,12 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
     status, stderr = ownllm_here(capsys, "pretrain", "--run", run, *TRAIN)
     assert status == 2 and "already has checkpoints" in stderr and "--resume" in stderr
+    # A mistyped setting is reported as such, even with --restart, and deletes nothing.
+    saved = sorted(p.name for p in (run / "checkpoints" / "pretrain").iterdir())
+    for restart in ([], ["--restart"]):
+        status, stderr = ownllm_here(capsys, "pretrain", "--run", run, *TRAIN, *restart, "--set", "lrr=1")
+        assert status == 2 and "unknown setting 'lrr'" in stderr and "did you mean lr" in stderr
+    assert sorted(p.name for p in (run / "checkpoints" / "pretrain").iterdir()) == saved
     status, stderr = ownllm_here(capsys, "pretrain", "--run", run, "--resume", "--set", "model.n_layers=5")
     assert status == 2 and "shape" in stderr
 

@@ -60,11 +60,11 @@ def run(args: argparse.Namespace) -> int:
         if config.steps != saved.steps:
             steps_override = config.steps
     else:
+        config = load_config(args.preset, args.overrides, args.time_budget)  # a mistyped --set is the first error
         if latest is not None and not args.restart:
             raise UserError(
                 f"{stage_dir} already has checkpoints; continue with --resume or start over with --restart"
             )
-        config = load_config(args.preset, args.overrides, args.time_budget)
     config.model.vocab_size = shards.vocab_size
     config.validate()
     return train(run_dir, config, shards, resume=args.resume, restart=args.restart, steps_override=steps_override)
