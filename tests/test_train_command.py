@@ -140,9 +140,11 @@ def test_time_budget_plans_the_steps_and_finishes_the_decay(tmp_path, capsys):
                                  "--set", "warmup_steps=5", "--set", "min_lr_ratio=0.1", "--set", "lr=0.002")
     assert status == 0, stderr
     records = metrics(run)
-    plan = next(r for r in records if r.get("event") == "plan")
+    # The first plan times the early steps; re-plans (at evaluations) may move the end if the speed changes.
+    plans = [r for r in records if r.get("event") in ("plan", "replan")]
+    assert plans[0]["event"] == "plan"
     steps = [r for r in records if "loss" in r]
-    assert steps[-1]["step"] == plan["total_steps"] > plan["step"]
+    assert steps[-1]["step"] == plans[-1]["total_steps"] > plans[0]["step"]
     assert steps[-1]["lr"] == pytest.approx(0.0002, rel=0.05)  # the decay reached its end on the last step
     done = next(r for r in records if r.get("event") == "done")
     assert 2.5 < done["elapsed"] < 5 * 1.5 + 2, "a budget is a plan, not a promise, on a shared machine; but close"
