@@ -10,10 +10,10 @@ import time
 
 from ownllm.cli import add_run_argument
 from ownllm.console import say
+from ownllm.data.parallel import available_cores
 from ownllm.data.tokenize import tokenize_corpus
 from ownllm.errors import UserError
 from ownllm.run import RunDir
-from ownllm.data.parallel import available_cores
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -14,11 +14,11 @@ from typing import Iterable
 from ownllm.cli import add_run_argument
 from ownllm.console import progress, say
 from ownllm.data.corpus_shards import iter_documents, read_manifest
+from ownllm.data.parallel import available_cores
 from ownllm.errors import UserError
 from ownllm.fsutil import atomic_directory
 from ownllm.run import RunDir
 from ownllm.tokenizer.patterns import DEFAULT_PATTERN, PRESETS, resolve_pattern
-from ownllm.data.parallel import available_cores
 from ownllm.tokenizer.reference import ReferenceEncoder
 from ownllm.tokenizer.special_tokens import SPECIAL_TOKENS
 from ownllm.tokenizer.tokenizer import Tokenizer

@@ -15,6 +15,7 @@ fine-tuning stage reuses this loop with its own data and loss masks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -258,10 +259,8 @@ class Trainer:
         if self.hooks.evaluate is None:
             return
         start = time.perf_counter()
-        self.model.eval()
-        with torch.no_grad(), self.precision.autocast():
+        with self._model_for_inference():
             results = self.hooks.evaluate(self.model)
-        self.model.train()
         self._eval_seconds = time.perf_counter() - start
         self.last_eval = results
         self._log({"step": self.step, "tokens": self.tokens, **results, "elapsed": round(self.elapsed, 3)})
@@ -270,13 +269,21 @@ class Trainer:
     def _sample(self) -> None:
         if self.hooks.sample is None:
             return
-        self.model.eval()
-        with torch.no_grad(), self.precision.autocast():
+        with self._model_for_inference():
             texts = self.hooks.sample(self.model)
-        self.model.train()
         self._log({"step": self.step, "samples": texts})
         for text in texts:
             self._say(f"  sample: {text!r}")
+
+    @contextlib.contextmanager
+    def _model_for_inference(self):
+        """Eval mode (no dropout), no gradients, the run's precision; back to training mode afterwards."""
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.precision.autocast():
+                yield
+        finally:
+            self.model.train()
 
     def _save(self) -> None:
         if self.last_checkpoint is not None and self.last_checkpoint.name == checkpoint.step_name(self.step):
