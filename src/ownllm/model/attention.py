@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ownllm.model.config import ModelConfig
+from ownllm.model.kv_cache import CacheView
 from ownllm.model.layers import RMSNorm, apply_rotary
 
 
@@ -17,8 +18,9 @@ class CausalSelfAttention(nn.Module):
     head: a smaller KV cache at inference for almost the same quality.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
+        self.layer = layer  # which of the KV cache's layers is this one's
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         self.split_sizes = (q_size, kv_size, kv_size)
@@ -30,7 +32,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.out_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: CacheView | None = None) -> torch.Tensor:
         B, T, _ = x.shape  # batch, time (sequence length), model width
         q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim)
@@ -39,13 +41,17 @@ class CausalSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
-        # A KV cache (incremental decoding) would append k and v to the cached ones here.
+        mask = None
+        if cache is not None:  # generation: add this step's keys/values, attend to all of them so far
+            k, v = cache.update(self.layer, k, v)
+            mask = cache.mask
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            is_causal=True,  # position t attends to positions <= t only
+            attn_mask=mask,
+            is_causal=cache is None,  # position t attends to positions <= t only (the cache's mask says the same)
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )

@@ -32,7 +32,10 @@ def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor
 
 
 def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair of x (B, T, heads, head_dim) by its position's angle; rotation is (T, head_dim / 2, 2).
+    """Rotate each pair of x (B, T, heads, head_dim) by its position's angle.
+
+    rotation is (T, head_dim / 2, 2) when every row has the same positions, or
+    (B, T, head_dim / 2, 2) when each row has its own (batched generation from a KV cache).
 
     After rotation the dot product of a query at position m and a key at position n depends
     only on m - n: attention sees relative positions. A pair (a, b) is the complex number
@@ -42,7 +45,7 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     query and key weights (see hf_compat.py).
     """
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    rotation = rotation.float()[:, None]  # broadcast over heads
+    rotation = rotation.float().unsqueeze(-3)  # broadcast over heads
     # The compiler generates no complex-number code; it gets the same arithmetic on reals.
     rotate = _rotate_real if torch.compiler.is_compiling() else _rotate_complex
     return rotate(pairs, rotation).flatten(-2).type_as(x)

@@ -38,7 +38,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if autocast else weight.dtype  # the matrix products' dtype
         w = weight.to(dtype)
         valid = targets != IGNORE_INDEX
-        row_weight = valid / valid.sum()  # each valid row's share of the mean; 0 for ignored rows
+        # each valid row's share of the mean; 0 for ignored rows (an all-ignored batch, possible in
+        # fine-tuning when every target is prompt text, has loss 0 and no gradient, not 0/0)
+        row_weight = valid / valid.sum().clamp(min=1)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x = torch.empty_like(x) if need_grad else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None

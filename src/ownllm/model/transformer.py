@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ownllm.model.attention import CausalSelfAttention
 from ownllm.model.config import ModelConfig
+from ownllm.model.kv_cache import CacheView
 from ownllm.model.layers import RMSNorm, SwiGLU, rotary_tables
 from ownllm.model.loss import linear_cross_entropy
 
@@ -26,15 +27,15 @@ class Block(nn.Module):
     gradients from the loss to the embeddings: deep stacks train without warm-up tricks.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int = 0):
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.hidden_dim, config.dropout)
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rotation)
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: CacheView | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rotation, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -44,7 +45,7 @@ class Transformer(nn.Module):
         self.config = config.validate()
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         # Tied embeddings: the output layer is the embedding matrix itself (fewer parameters, no lm_head).
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -65,21 +66,29 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: CacheView | None = None,
+                last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab) for idx (B, T); with targets (B, T), the mean cross-entropy loss instead.
 
-        start_pos is the position of idx[:, 0] (non-zero when continuing from a KV cache).
+        With a KV cache view (generation) idx holds the new tokens of each row, at the view's
+        positions, and attends to the row's cached ones too. last_only: logits of the last
+        position only, (B, 1, vocab): all that sampling the next token needs.
         """
         T = idx.shape[1]
-        if start_pos + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start_pos + T} tokens exceeds max_seq_len={self.config.max_seq_len}")
-        rotation = self.rotation[start_pos : start_pos + T]
+        if cache is None:
+            if T > self.config.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.config.max_seq_len}")
+            rotation = self.rotation[:T]
+        else:
+            rotation = self.rotation[cache.positions]  # (B, T, ...): each row at its own positions
         x = self.dropout(self.embed(idx))
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, rotation, use_reentrant=False)
             else:
-                x = block(x, rotation)
+                x = block(x, rotation, cache)
+        if last_only:
+            x = x[:, -1:]
         x = self.norm(x)
         out_weight = self.lm_head.weight if self.lm_head is not None else self.embed.weight
         if targets is None:
