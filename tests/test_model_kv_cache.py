@@ -50,3 +50,15 @@ def test_cache_refuses_more_than_max_seq_len(model):
     cache = KVCache(model.config, slots=1, max_len=8)
     with pytest.raises(ValueError):
         cache.view([0], [5], 4)
+
+
+def test_consecutive_slots_at_one_position_write_through_slices(model):
+    """Slots 1 and 2 prefilled together (same length), then decoded together: the slice path."""
+    prompts = [torch.randint(0, 97, (9,)).tolist() for _ in range(2)]
+    cache = KVCache(model.config, slots=3, max_len=16)
+    with torch.no_grad():
+        model(torch.tensor([p[:-1] for p in prompts]), cache=cache.view([1, 2], [0, 0], 8))
+        out = model(torch.tensor([[p[-1]] for p in prompts]), cache=cache.view([1, 2], [8, 8], 1), last_only=True)
+    for row, p in enumerate(prompts):
+        torch.testing.assert_close(out[row, 0], full_logits(model, p)[-1], atol=1e-5, rtol=1e-4)
+    assert cache.keys[:, 0].abs().sum() == 0  # slot 0 untouched

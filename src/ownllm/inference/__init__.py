@@ -1,1 +1,1 @@
-"""Generating text with a trained model (simple sampling now; the fast engine comes later)."""
+"""Generating text: the engine (KV cache, batching, streaming), its sampling rules and detokenizer, `ownllm sample`."""

@@ -43,15 +43,19 @@ class KVCache:
             raise ValueError(f"{end} positions exceed the cache's {self.max_len}")
         device = self.keys.device
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)  # (B, T)
-        # Rows that start together on slots 0..B-1 in order can use slices instead of gathers.
-        contiguous = list(slots) == list(range(len(slots)))
+        # Rows on consecutive slots read their keys and values through a slice, not a gather; when
+        # they also start at the same position, the new ones are written through a slice as well.
+        first = slots[0]
+        consecutive = list(slots) == list(range(first, first + len(slots)))
+        rows = slice(first, first + len(slots)) if consecutive else None
+        start = starts[0] if consecutive and len(set(starts)) == 1 else None
         # A single new token per row with all rows at the same position sees every key before it: no mask.
         mask = None
         if length > 1 or len(set(starts)) > 1:
             mask = torch.arange(end, device=device) <= positions[..., None]  # (B, T, end): key j visible from t
             mask = mask[:, None]  # broadcast over heads
         slot_index = torch.tensor(slots, device=device)
-        return CacheView(self, positions, slot_index, contiguous, end, mask)
+        return CacheView(self, positions, slot_index, rows, start, end, mask)
 
 
 @dataclass
@@ -59,17 +63,22 @@ class CacheView:
     cache: KVCache
     positions: torch.Tensor  # (B, T) position of every new token
     slot_index: torch.Tensor  # (B,) slot of each row
-    contiguous: bool  # rows are slots 0..B-1 in order
+    rows: slice | None  # the slots as a slice, when they are consecutive
+    start: int | None  # the first new position, when the slots are consecutive and all rows start there
     end: int  # keys and values 0..end-1 are read
     mask: torch.Tensor | None  # (B, 1, T, end) True where a query may attend to a key
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values (B, T, kv_heads, head_dim); return all of them so far, (B, end, kv_heads, head_dim)."""
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        where = (self.slot_index[:, None], self.positions)
-        keys.index_put_(where, k.to(keys.dtype))
-        values.index_put_(where, v.to(values.dtype))
-        if self.contiguous:
-            rows = len(self.slot_index)
-            return keys[:rows, : self.end], values[:rows, : self.end]
+        if self.start is not None:
+            new = slice(self.start, self.start + k.shape[1])
+            keys[self.rows, new] = k
+            values[self.rows, new] = v
+        else:
+            where = (self.slot_index[:, None], self.positions)
+            keys.index_put_(where, k.to(keys.dtype))
+            values.index_put_(where, v.to(values.dtype))
+        if self.rows is not None:
+            return keys[self.rows, : self.end], values[self.rows, : self.end]
         return keys[self.slot_index, : self.end], values[self.slot_index, : self.end]
