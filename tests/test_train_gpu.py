@@ -1,6 +1,8 @@
-"""Training on a CUDA GPU: precision detection, mixed precision, checkpoints (skipped without CUDA)."""
+"""Training on CUDA GPUs: precision, checkpoints, micro-batch auto-sizing, compile, NCCL (skipped without CUDA)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch
 from ownllm.cli import main
 from ownllm.train.device import choose_precision, resolve_device
 
-from test_train_helpers import byte_level_run, step_losses
+from test_train_helpers import byte_level_run, metrics, step_losses
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,3 +36,65 @@ def test_tiny_run_learns_and_resumes_on_the_gpu(tmp_path, capsys):
     with pytest.raises(SystemExit) as again:
         main(["pretrain", "--run", str(run), "--resume", "--set", "steps=50"])
     assert again.value.code == 0 and max(step_losses(run)) == 50
+
+
+def test_precision_can_be_overridden_and_says_why():
+    precision = choose_precision(resolve_device("auto"), "fp32")
+    assert precision.dtype == torch.float32 and "set by dtype=fp32" in precision.describe()
+    assert "detected" in choose_precision(resolve_device("auto"), "auto").describe()
+
+
+def test_micro_batch_auto_backs_off_from_out_of_memory(tmp_path, capsys):
+    """With this process limited to 2 GiB of the GPU, a whole step's 4096 rows cannot run at once;
+    auto-sizing tries smaller micro-batches until one runs, and accumulation keeps the step's rows."""
+    run = byte_level_run(tmp_path / "run")
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(2 * 2**30 / total)
+    try:
+        with pytest.raises(SystemExit) as done:
+            main(["pretrain", "--run", str(run), "--preset", "tiny", "--set", "model.d_model=256",
+                  "--set", "model.n_layers=4", "--set", "batch_tokens=262144", "--set", "micro_batch=auto",
+                  "--set", "steps=2", "--set", "eval_every=0"])
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    err = capsys.readouterr().err
+    assert done.value.code == 0, err
+    assert "does not fit in GPU memory" in err
+    start = next(r for r in metrics(run) if r.get("event") == "start")
+    assert start["micro_batch"] < 4096 and start["micro_batch"] * start["grad_accum"] == 4096
+
+
+def test_compiled_training_learns(tmp_path, capsys):
+    run = byte_level_run(tmp_path / "run")
+    with pytest.raises(SystemExit) as done:
+        main(["pretrain", "--run", str(run), "--preset", "tiny", "--set", "steps=40", "--set", "compile=true"])
+    assert done.value.code == 0, capsys.readouterr().err
+    losses = step_losses(run)
+    assert losses[40] < losses[1] - 1.0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs for 2 NCCL processes")
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_two_gpus_follow_the_loss_curve_of_one(tmp_path, capsys, fsdp):
+    """NCCL, one process per GPU. bf16 autocast rounds differently with half the rows per pass, so the
+    tolerance is loose: 2% per step, against a ~1.0 drop in loss over the run."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    settings = ["--preset", "tiny", "--set", "batch_tokens=1024", "--set", "micro_batch=4", "--set", "steps=20",
+                "--set", f"fsdp={str(fsdp).lower()}"]
+    one, two = byte_level_run(tmp_path / "one"), byte_level_run(tmp_path / "two")
+    with pytest.raises(SystemExit) as done:
+        main(["pretrain", "--run", str(one), *settings])
+    assert done.value.code == 0, capsys.readouterr().err
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "ownllm", "--", "pretrain", "--run", str(two), *settings],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    a, b = step_losses(one), step_losses(two)
+    assert sorted(b) == list(range(1, 21))
+    assert all(b[s] == pytest.approx(a[s], rel=0.02) for s in a)

@@ -6,12 +6,16 @@
         optimizer.pt         AdamW moments and step counts (and the fp16 gradient scaler, if any)
         rng.pt               torch (CPU and CUDA), numpy and Python random generator states
         state.json           step, tokens seen, planned steps, data-loader position, elapsed time,
-                             the model and training settings, the tokenizer hash
+                             number of processes, the model and training settings, the tokenizer hash
       latest                 the name of the newest complete step directory
 
 A step directory is built under a temporary name and renamed into place, then `latest` is
 replaced atomically: a process killed at any moment leaves `latest` pointing at a complete
 checkpoint. Older step directories beyond the last `keep` are deleted afterwards.
+
+A checkpoint is always whole, whatever wrote it: under FSDP every process sends its shards to
+rank 0, which writes the full weights and optimizer state (the optimizer's keyed by parameter
+name). So any number of processes, sharded or not, can continue it; each reads the same files.
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
 
 from ownllm.errors import UserError
 from ownllm.fsutil import atomic_directory, atomic_write_text, read_json
@@ -47,14 +59,44 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     keep: int = 3,
 ) -> Path:
+    """Save from a single process (an unsharded model)."""
+    weights, optimizer_state = gather_state(model, optimizer)
+    return write_checkpoint(stage_dir, step, weights, optimizer_state, state, scaler, keep)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP has split the model's parameters among processes."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def gather_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
+    """Whole weights and optimizer state on the CPU. Under FSDP every process must call this, and only
+    rank 0 receives them (the others get empty dicts)."""
+    if not is_sharded(model):
+        weights = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+        return weights, optimizer.state_dict() if optimizer is not None else None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    return weights, get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
+
+
+def write_checkpoint(
+    stage_dir: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict | None,
+    state: dict,
+    scaler: torch.amp.GradScaler | None = None,
+    keep: int = 3,
+) -> Path:
     stage_dir = Path(stage_dir)
     path = stage_dir / step_name(step)
     with atomic_directory(path) as tmp:
-        weights = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+        weights = {name: t.contiguous() for name, t in weights.items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": FORMAT, "step": str(step)})
-        if optimizer is not None:
+        if optimizer_state is not None:
             torch.save(
-                {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
+                {"optimizer": optimizer_state, "scaler": scaler.state_dict() if scaler else None},
                 tmp / "optimizer.pt",
             )
         torch.save(rng_state(), tmp / "rng.pt")
@@ -90,28 +132,58 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
         weights = load_file(file)
     except (OSError, ValueError, RuntimeError) as e:
         raise UserError(f"cannot read {file} ({e}); the checkpoint is damaged, use an earlier one") from None
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
         raise UserError(f"{file} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if is_sharded(model):  # each process keeps its own shard of the whole tensors
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(weights)
 
 
 def load_training_state(
-    path: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+    path: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None,
+    model: torch.nn.Module | None = None,
 ) -> None:
-    """Restore the optimizer, the gradient scaler and every random generator from a step directory."""
+    """Restore the optimizer, the gradient scaler and every random generator from a step directory.
+
+    The optimizer state is keyed by parameter number when one process wrote it, by parameter name
+    when FSDP did; `model` (needed for names and for shards) lets either continue the other.
+    """
     path = Path(path)
     saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
+    by_name = any(isinstance(key, str) for key in saved["optimizer"]["state"])
+    if model is None or not (by_name or is_sharded(model)):
+        optimizer.load_state_dict(saved["optimizer"])
+    else:
+        state = saved["optimizer"] if by_name else _keyed_by_name(saved["optimizer"], optimizer, model)
+        set_optimizer_state_dict(model, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=is_sharded(model)))
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
     set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
 
 
+def _keyed_by_name(saved: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    """An optimizer state dict keyed by parameter number turned into one keyed by parameter name.
+
+    Numbers count the parameters of the optimizer's groups in order; the same optimizer built
+    for the same model (build_optimizer) has them in the same order.
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = [{**group, "params": [order[i] for i in group["params"]]} for group in saved["param_groups"]]
+    return {"state": {order[i]: value for i, value in saved["state"].items()}, "param_groups": groups}
+
+
 def rng_state() -> dict:
+    """The random generators of this process. Every training process draws the same numbers (same seed,
+    same operations), so rank 0's state is every rank's; of CUDA's, the current device's."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
         "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
         "python": random.getstate(),
     }
@@ -120,7 +192,7 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]

@@ -28,10 +28,10 @@ class TrainConfig:
     preset: str = "tiny"
     model: ModelConfig = field(default_factory=ModelConfig)  # vocab_size is taken from the token shards
 
-    # Data: each optimizer step sees batch_tokens tokens, in micro-batches of micro_batch sequences.
+    # Data: each optimizer step sees batch_tokens tokens, in micro-batches of micro_batch sequences per process.
     seq_len: int = 256
-    micro_batch: int = 16
-    batch_tokens: int = 4096  # a multiple of micro_batch * seq_len; the rest is gradient accumulation
+    micro_batch: int = 16  # 0 (--set micro_batch=auto): the largest that fits in memory, chosen at start
+    batch_tokens: int = 4096  # a multiple of micro_batch * seq_len * processes; the rest is gradient accumulation
     data_order: str = "random"  # random: shuffled non-overlapping windows per epoch; sequential: in file order
 
     # Optimisation
@@ -64,6 +64,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (slow start, faster steps)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     threads: int = 0  # CPU threads for PyTorch; 0 keeps PyTorch's default
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
 
     @property
     def tokens_per_micro_batch(self) -> int:
@@ -71,7 +72,18 @@ class TrainConfig:
 
     @property
     def grad_accum(self) -> int:
-        return self.batch_tokens // self.tokens_per_micro_batch
+        return self.accumulation(1)
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches per optimizer step on each of `world` processes, so that a step is batch_tokens tokens."""
+        per_step = self.tokens_per_micro_batch * world
+        if self.batch_tokens % per_step:
+            raise UserError(
+                f"batch_tokens={self.batch_tokens} is not a multiple of micro_batch*seq_len*processes="
+                f"{self.micro_batch}*{self.seq_len}*{world}={per_step}; set batch_tokens to a multiple of it "
+                f"or a smaller micro_batch"
+            )
+        return self.batch_tokens // per_step
 
     @property
     def prompts(self) -> list[str]:
@@ -79,10 +91,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         self.model.validate()
-        positive = ("seq_len", "micro_batch", "batch_tokens", "steps", "log_every", "eval_tokens", "keep_checkpoints")
+        positive = ("seq_len", "batch_tokens", "steps", "log_every", "eval_tokens", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.micro_batch < 0:
+            raise UserError(f"micro_batch={self.micro_batch} must be a positive number, or auto")
         for name in ("eval_every", "sample_every", "sample_tokens", "checkpoint_every", "warmup_steps", "threads"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}={getattr(self, name)} must be 0 (off) or more")
@@ -91,11 +105,10 @@ class TrainConfig:
                 f"seq_len={self.seq_len} is longer than the model's position limit max_seq_len={self.model.max_seq_len}; "
                 f"lower seq_len or raise model.max_seq_len"
             )
-        if self.batch_tokens % self.tokens_per_micro_batch:
-            raise UserError(
-                f"batch_tokens={self.batch_tokens} is not a multiple of micro_batch*seq_len="
-                f"{self.micro_batch}*{self.seq_len}={self.tokens_per_micro_batch}; set batch_tokens to a multiple of it"
-            )
+        if self.batch_tokens % self.seq_len:
+            raise UserError(f"batch_tokens={self.batch_tokens} is not a multiple of seq_len={self.seq_len}")
+        if self.micro_batch:  # 0 is decided at start (auto)
+            self.accumulation(1)
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"lr={self.lr} must be positive and min_lr_ratio={self.min_lr_ratio} in [0, 1]")
         if not 0 < self.decay_fraction <= 1:
@@ -182,6 +195,8 @@ def set_value(config: TrainConfig, key: str, value) -> TrainConfig:
     if not in_model and key in train_fields:
         if key == "time_budget":
             return replace(config, time_budget=parse_duration(value))
+        if key == "micro_batch" and isinstance(value, str) and value.strip().lower() == "auto":
+            return replace(config, micro_batch=0)
         hint = typing.get_type_hints(TrainConfig)[key]
         return replace(config, **{key: _convert(key, value, hint)})
     names = sorted(train_fields) + sorted(f"model.{n}" for n in model_fields)

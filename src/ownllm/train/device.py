@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -34,8 +35,9 @@ GPU_BF16_PEAK = [
 class Precision:
     device: torch.device
     dtype: torch.dtype  # the dtype matrix products run in; fp32 means no autocast
-    peak_flops: float  # FLOP/s, the MFU denominator
+    peak_flops: float  # FLOP/s of one device, the MFU denominator
     peak_source: str
+    chosen_by: str = ""  # why this dtype: detected, or set by the user
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -47,7 +49,8 @@ class Precision:
 
     def describe(self) -> str:
         name = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.dtype]
-        return f"{self.device.type}, {name}, peak {self.peak_flops / 1e12:.2f} TFLOP/s ({self.peak_source})"
+        why = f" ({self.chosen_by})" if self.chosen_by else ""
+        return f"{self.device.type}, {name}{why}, peak {self.peak_flops / 1e12:.2f} TFLOP/s ({self.peak_source})"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -58,24 +61,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def choose_precision(device: torch.device, requested: str = "auto") -> Precision:
+def choose_precision(device: torch.device, requested: str = "auto",
+                     agree: Callable[[str], str] = lambda name: name) -> Precision:
+    """The training precision for `device`; "auto" detects it, any other value is the user's choice.
+
+    `agree` turns this process's automatic choice into the one every process uses (several
+    processes under torchrun must not train in different precisions because their measurements differed).
+    """
+    chosen_by = f"set by dtype={requested}"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 products on tensor cores where fp32 is used
         torch.backends.cudnn.allow_tf32 = True
         if requested == "auto":
-            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            requested = agree("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+            chosen_by = "detected: this GPU " + ("supports bf16" if requested == "bf16" else "has no bf16")
         if requested == "bf16" and not torch.cuda.is_bf16_supported():
             raise UserError("this GPU does not support bf16; use --set dtype=fp16 (or auto)")
         peak, source = gpu_peak_flops(device)
-        return Precision(device, DTYPES[requested], peak, source)
+        return Precision(device, DTYPES[requested], peak, source, chosen_by)
     if requested == "fp16":
         raise UserError("fp16 training needs a CUDA GPU; on CPU use dtype=fp32 or bf16")
     fp32_rate = cpu_peak_flops(torch.float32)
     if requested == "auto":
         bf16_rate = measure_matmul_flops(device, torch.bfloat16, size=128, seconds=0.05)
-        requested = "bf16" if bf16_rate > 1.5 * fp32_rate else "fp32"
+        requested = agree("bf16" if bf16_rate > 1.5 * fp32_rate else "fp32")
+        chosen_by = f"detected: bf16 products measured {bf16_rate / fp32_rate:.2g}x the fp32 rate"
     rate = fp32_rate if requested == "fp32" else cpu_peak_flops(torch.bfloat16)
-    return Precision(device, DTYPES[requested], rate, f"measured {requested} matmul, one core x {torch.get_num_threads()}")
+    source = f"measured {requested} matmul, one core x {torch.get_num_threads()}"
+    return Precision(device, DTYPES[requested], rate, source, chosen_by)
 
 
 def cpu_peak_flops(dtype: torch.dtype) -> float:

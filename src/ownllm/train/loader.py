@@ -11,6 +11,11 @@ The n-th window the run consumes is a pure function of (seed, n), so the loader'
 state is one number, `batches`: saving it and restoring it resumes the exact same data.
 With several processes (rank r of world w), batch b of rank r is made of windows
 (b * w + r) * batch_size + i, so ranks read disjoint data and one counter serves all.
+
+An optimizer step of W windows therefore reads windows [s*W, (s+1)*W) for any number of
+processes and any micro-batch size that divide it: N processes together see exactly the rows
+one process would, and a checkpoint taken with N processes continues with M (the counter is
+converted through the number of windows consumed).
 """
 
 from __future__ import annotations
@@ -97,13 +102,22 @@ class BatchLoader:
                 "seed": self.seed, "order": self.order, "world": self.world}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seq_len", "batch_size", "seed", "order", "world"):
+        """Continue after the windows `state` consumed, with this loader's batch size and number of processes."""
+        for key in ("seq_len", "seed", "order"):
             if state[key] != getattr(self, key):
                 raise UserError(
                     f"cannot resume: the data loader's {key} was {state[key]} and is now {getattr(self, key)}; "
                     f"resume with the settings of the checkpoint"
                 )
-        self.batches = int(state["batches"])
+        windows = int(state["batches"]) * state["batch_size"] * state.get("world", 1)
+        per_batch = self.batch_size * self.world
+        if windows % per_batch:
+            raise UserError(
+                f"cannot resume: the checkpoint's data position ({windows} windows) is not a whole number of "
+                f"batches of micro_batch*processes={self.batch_size}*{self.world}; resume with "
+                f"micro_batch={state['batch_size']} and {state.get('world', 1)} processes"
+            )
+        self.batches = windows // per_batch
 
 
 def eval_batches(split: TokenSplit, seq_len: int, batch_size: int, max_tokens: int, device) -> list:

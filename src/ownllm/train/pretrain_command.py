@@ -4,6 +4,7 @@
     ownllm pretrain --run runs/demo --preset tiny --set lr=1e-3 --set model.n_layers=3
     ownllm pretrain --run runs/demo --time-budget 20m      # plan the schedule for 20 minutes
     ownllm pretrain --run runs/demo --resume               # continue exactly from the latest checkpoint
+    torchrun --nproc_per_node 8 -m ownllm pretrain --run runs/big --preset gpu-small   # 8 processes (DDP)
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from ownllm.errors import UserError
 from ownllm.eval.bpb import bits_per_byte, perplexity
 from ownllm.model import Transformer
 from ownllm.run import RunDir
-from ownllm.train import checkpoint
+from ownllm.train import checkpoint, distributed
 from ownllm.train.config import PRESETS, TrainConfig, apply_overrides, load_config
-from ownllm.train.device import choose_precision, resolve_device
 from ownllm.train.loader import BatchLoader, eval_batches
+from ownllm.train.memory import auto_micro_batch
 from ownllm.train.trainer import Hooks, Trainer
 
 STAGE = "pretrain"
@@ -74,36 +75,44 @@ def train(run_dir: RunDir, config: TrainConfig, shards: TokenShards, resume: boo
           steps_override: int | None = None) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    precision = choose_precision(device, config.dtype)
-    torch.manual_seed(config.seed)
-    model = Transformer(config.model).to(device)
-    model.grad_checkpointing = config.grad_checkpointing
-    train_split, val_split = shards.split("train"), shards.split("val")
-    loader = BatchLoader(train_split, config.seq_len, config.micro_batch, config.seed, config.data_order, device)
-    hooks = Hooks(
-        evaluate=make_evaluator(val_split, config, device),
-        sample=make_sampler(run_dir, shards, config, device),
-        checkpoint_state={"tokenizer_hash": shards.meta["tokenizer_hash"]},
-    )
-    run_dir.record_config(STAGE, config.to_dict())
-    trainer = Trainer(stage=STAGE, run=run_dir, config=config, model=model, loader=loader, precision=precision,
-                      hooks=hooks)
-    if resume:
-        trainer.resume(steps_override)
-    elif restart:
-        trainer.start_fresh()
-    say(f"model: {model.num_params():,} parameters, {config.model.n_layers} layers x {config.model.d_model} wide, "
-        f"vocabulary {config.model.vocab_size}; {precision.describe()}")
-    say(f"batch: {config.batch_tokens:,} tokens per step ({config.micro_batch} x {config.seq_len} x "
-        f"{config.grad_accum} accumulated); training split {train_split.tokens:,} tokens"
-        + (f"; time budget {config.time_budget:.0f} s" if config.time_budget and trainer.total_steps is None else ""))
-    status = trainer.fit()
-    if status == 0 and trainer.last_eval:
-        e = trainer.last_eval
-        print(f"validation after {trainer.step} steps: loss {e['val_loss']:.4f}, perplexity {e['val_ppl']:.2f}, "
-              f"{e['val_bpb']:.4f} bits per byte")
-    return status
+    with distributed.setup(config.device) as dist:
+        precision = dist.precision(config.dtype)
+        device = dist.device
+        torch.manual_seed(config.seed)
+        model = Transformer(config.model).to(device)
+        model.grad_checkpointing = config.grad_checkpointing
+        if config.micro_batch == 0:
+            config.micro_batch = auto_micro_batch(config, model, precision, dist)
+        train_split, val_split = shards.split("train"), shards.split("val")
+        loader = BatchLoader(train_split, config.seq_len, config.micro_batch, config.seed, config.data_order, device,
+                             rank=dist.rank, world=dist.world)
+        hooks = Hooks(
+            evaluate=make_evaluator(val_split, config, device),
+            sample=make_sampler(run_dir, shards, config, device),
+            checkpoint_state={"tokenizer_hash": shards.meta["tokenizer_hash"]},
+        )
+        trainer = Trainer(stage=STAGE, run=run_dir, config=config, model=model, loader=loader, precision=precision,
+                          hooks=hooks, dist=dist)
+        if dist.is_main:
+            run_dir.record_config(STAGE, config.to_dict())
+        if resume:
+            trainer.resume(steps_override)
+        elif restart:
+            trainer.start_fresh()
+        if dist.is_main:
+            processes = f" x {dist.world} processes ({trainer.parallelism})" if dist.active else ""
+            say(f"model: {model.num_params():,} parameters, {config.model.n_layers} layers x {config.model.d_model} "
+                f"wide, vocabulary {config.model.vocab_size}; {precision.describe()}")
+            say(f"batch: {config.batch_tokens:,} tokens per step ({config.micro_batch} x {config.seq_len} x "
+                f"{trainer.grad_accum} accumulated{processes}); training split {train_split.tokens:,} tokens"
+                + (f"; time budget {config.time_budget:.0f} s" if config.time_budget and trainer.total_steps is None
+                   else ""))
+        status = trainer.fit()
+        if status == 0 and trainer.last_eval and dist.is_main:
+            e = trainer.last_eval
+            print(f"validation after {trainer.step} steps: loss {e['val_loss']:.4f}, perplexity {e['val_ppl']:.2f}, "
+                  f"{e['val_bpb']:.4f} bits per byte")
+        return status
 
 
 def make_evaluator(split, config: TrainConfig, device: torch.device):
@@ -125,22 +134,25 @@ def make_evaluator(split, config: TrainConfig, device: torch.device):
 
 
 def make_sampler(run_dir: RunDir, shards: TokenShards, config: TrainConfig, device: torch.device):
-    """Continuations of the configured prompts, or None when no matching tokenizer is available."""
+    """Continuations of the configured prompts, or None when no matching tokenizer is available.
+
+    Each call decodes all prompts together in a fresh engine on the training model (the cache
+    lives only while sampling); prompt i always uses seed config.seed + i, and the engine's
+    own generators leave the trainer's random state alone.
+    """
     if not config.sample_every or not (run_dir.tokenizer / "tokenizer.json").is_file():
         return None  # open_tokens has refused shards made with another tokenizer than this one
-    from ownllm.inference.sample import generate
+    from ownllm.inference.engine import Engine, SamplingParams
     from ownllm.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(run_dir.tokenizer)
+    prompts = [tokenizer.encode(p)[-(config.model.max_seq_len - 1):] or [tokenizer.eot_id] for p in config.prompts]
+    params = [SamplingParams(max_tokens=config.sample_tokens, temperature=0.8, top_k=50, seed=config.seed + i)
+              for i in range(len(prompts))]
 
     def sample(model: torch.nn.Module) -> list[str]:
-        texts = []
-        for i, prompt in enumerate(config.prompts):
-            generator = torch.Generator(device=device).manual_seed(config.seed + i)
-            ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-            new = list(generate(model, ids, config.sample_tokens, temperature=0.8, top_k=50, generator=generator,
-                                stop_token=tokenizer.eot_id))
-            texts.append(prompt + tokenizer.decode([t for t in new if t != tokenizer.eot_id]))
-        return texts
+        with Engine(model, tokenizer, max_slots=max(1, len(prompts))) as engine:
+            completions = engine.generate_batch(prompts, params)
+        return [prompt + c.text for prompt, c in zip(config.prompts, completions)]
 
     return sample
