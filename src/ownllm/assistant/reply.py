@@ -3,26 +3,42 @@
 CONTRACT (lead, session 2) -- the helper implementing this file keeps these names and meanings.
 Used by `ownllm chat` (assistant/session.py) and by the HTTP server (server/), so it holds no
 terminal or HTTP code.
+
+How a reply is made:
+
+    fit the conversation into the context (dropping the oldest exchanges), render the prompt
+    stream the engine's tokens; text before a <|tool_call|> is the reply's text
+    a complete tool call: run it, append the call and its result, render again, go on
+    the end: a "done" event with the new messages and the counts
+
+The context keeps room for the reply: min(params.max_tokens, a quarter of the context) tokens.
+params.max_tokens bounds the whole reply, tool calls and continuations together.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator
+import contextlib
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Iterator
 
-from ownllm.chat.conversation import Conversation, Message
+from ownllm.chat.conversation import Conversation, Message, validate
 from ownllm.chat.template import ChatTemplate
+from ownllm.chat.tools import format_tool_call, run_tool
 from ownllm.errors import UserError
-from ownllm.inference.engine import Engine, SamplingParams
+
+if TYPE_CHECKING:  # only for annotations: importing this module does not import PyTorch
+    from ownllm.inference.engine import Engine, SamplingParams
 
 
 class ContextOverflow(UserError):
     """Even the system prompt and the latest message do not fit in the context window."""
 
-    def __init__(self, prompt_tokens: int, context_size: int):
-        super().__init__(f"the prompt has {prompt_tokens} tokens and the context holds {context_size}, "
-                         f"including room for the reply")
-        self.prompt_tokens, self.context_size = prompt_tokens, context_size
+    def __init__(self, prompt_tokens: int, context_size: int, reserved: int = 0):
+        room = f", {reserved} of them kept for the reply" if reserved else ""
+        super().__init__(f"the prompt has {prompt_tokens} tokens and the context holds {context_size}{room}; "
+                         f"shorten the message or the system prompt")
+        self.prompt_tokens, self.context_size, self.reserved = prompt_tokens, context_size, reserved
 
 
 def fit_to_context(template: ChatTemplate, conversation: Conversation, budget: int) -> tuple[Conversation, int]:
@@ -33,7 +49,39 @@ def fit_to_context(template: ChatTemplate, conversation: Conversation, budget: i
     it). Returns (kept conversation, number of messages dropped). Raises ContextOverflow
     when the system message and the latest message alone do not fit.
     """
-    raise NotImplementedError
+    kept, dropped, _ = _fit(template, conversation, budget)
+    return kept, dropped
+
+
+def _fit(template: ChatTemplate, conversation: Conversation, budget: int) -> tuple[Conversation, int, list[int]]:
+    """fit_to_context, plus the kept conversation's prompt ids (rendered once, whatever is dropped)."""
+    conversation = validate(conversation)
+    ids = template.render_prompt(conversation)
+    if len(ids) <= budget:
+        return conversation, 0, ids
+    spans = _message_spans(template, ids)
+    head = 1 if conversation[0]["role"] == "system" else 0
+    # An exchange starts at a user message and runs to the next one: the reply and any tool calls.
+    starts = [i for i, m in enumerate(conversation) if m["role"] == "user"]
+    size = len(ids)
+    for start, end in itertools.pairwise(starts):
+        size -= sum(spans[i][1] - spans[i][0] for i in range(start, end))
+        if size <= budget:
+            kept = conversation[:head] + conversation[end:]
+            kept_ids = ids[: spans[head][0]] + ids[spans[end][0]:]  # rendering is message by message
+            return kept, end - head, kept_ids
+    raise ContextOverflow(size, budget)  # the size with every earlier exchange dropped
+
+
+def _message_spans(template: ChatTemplate, ids: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each message in rendered ids: every message begins with its header token.
+
+    Header tokens are special tokens, which message text can never produce, so they mark the
+    borders exactly; the prompt's final <|assistant|> is left out.
+    """
+    headers = set(template.header_ids.values())
+    starts = [i for i, token in enumerate(ids[:-1]) if token in headers]
+    return list(zip(starts, starts[1:] + [len(ids) - 1], strict=True))
 
 
 @dataclass
@@ -43,7 +91,9 @@ class ReplyEvent:
     kind: str  # "text" | "tool_call" | "tool_result" | "done"
     text: str = ""  # for "text": the new text; for "tool_call": "calculator(12 * 7)"; for "tool_result": "84"
     finish_reason: str | None = None  # for "done": the engine's finish reason of the last generation
-    messages: list[Message] = field(default_factory=list)  # for "done": the new messages (assistant/tool turns)
+    # for "tool_result": the assistant's tool-call message and the tool message, already part of the reply;
+    # for "done": all the new messages (assistant/tool turns)
+    messages: list[Message] = field(default_factory=list)
     dropped: int = 0  # for "done": messages dropped from the start to fit the context
     prompt_tokens: int = 0  # for "done": tokens of the (last) prompt
     completion_tokens: int = 0  # for "done": tokens generated in all
@@ -55,9 +105,102 @@ def reply(engine: Engine, template: ChatTemplate, conversation: Conversation, pa
 
     Generation stops at the template's stop ids. When the model ends its turn with a tool
     call, the tool runs (ownllm.chat.tools.run_tool), its result becomes a tool message, and
-    the model continues, up to max_tool_calls times. With truncate=False an over-long
+    the model continues, up to max_tool_calls times (after that a further call ends the
+    reply, keeping the text before it). A call cut off before its <|end_of_turn|> (max
+    tokens, cancellation) is not run and not kept. With truncate=False an over-long
     conversation raises ContextOverflow instead of dropping turns. The prompt must leave room
     for params.max_tokens (or at least a quarter of the context, whichever is less).
     Closing the iterator cancels the generation in the engine.
     """
-    raise NotImplementedError
+    conversation = validate(conversation)
+    if conversation[-1]["role"] != "user":
+        raise UserError(f"the conversation must end with a user message to reply to "
+                        f"(its last message is from the {conversation[-1]['role']})")
+    params = params.validate()
+    context = engine.context_size
+    reserved = min(params.max_tokens, context // 4)
+    stop_ids = params.stop_ids | template.stop_ids
+    new: list[Message] = []
+    generated = 0
+    while True:
+        full = conversation + new
+        if truncate:
+            try:
+                _, dropped, prompt = _fit(template, full, context - reserved)
+            except ContextOverflow as e:
+                raise ContextOverflow(e.prompt_tokens, context, reserved) from None
+        else:
+            dropped, prompt = 0, template.render_prompt(full)
+            if len(prompt) > context - reserved:
+                raise ContextOverflow(len(prompt), context, reserved)
+        calls_left = max_tool_calls - sum(1 for m in new if m["role"] == "tool")
+        turn_params = replace(params, max_tokens=params.max_tokens - generated,
+                              stop_ids=stop_ids if calls_left > 0 else stop_ids | {template.tool_call_id})
+        turn = _Turn(template)
+        with contextlib.closing(engine.stream(prompt, turn_params)) as events:
+            for event in events:
+                text = turn.add(event)
+                if text:
+                    yield ReplyEvent("text", text)
+        generated += turn.generated
+        message, call, finish_reason = turn.message(may_call=generated < params.max_tokens)
+        new.append(message)
+        if call is None:
+            yield ReplyEvent("done", finish_reason=finish_reason, messages=new, dropped=dropped,
+                             prompt_tokens=len(prompt), completion_tokens=generated)
+            return
+        yield ReplyEvent("tool_call", format_tool_call(call))
+        result = run_tool(call)
+        new.append({"role": "tool", "content": result})
+        yield ReplyEvent("tool_result", result, messages=new[-2:])
+
+
+class _Turn:
+    """One generation's events read into an assistant message, and the text to show as it comes.
+
+    The engine streams the tool call's own text like any other; here it is held back: the text
+    before <|tool_call|> is the reply's text, the call is reported once complete.
+    """
+
+    def __init__(self, template: ChatTemplate):
+        self.template = template
+        self.ids: list[int] = []  # every generated id, the stop token included
+        self.shown = ""  # text streamed so far
+        self.in_call = False
+        self.finish_reason: str | None = None
+
+    def add(self, event) -> str:
+        """The new text to show for one engine event."""
+        self.ids += event.token_ids
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+        if self.in_call:
+            return ""
+        if self.template.tool_call_id in event.token_ids:
+            # The event may hold text from both sides of the call token: show exactly the part before it.
+            self.in_call = True
+            before = self.template.parse_reply(self.ids).message["content"]
+            new, self.shown = before[len(self.shown):], before
+            return new
+        self.shown += event.text
+        return event.text
+
+    @property
+    def generated(self) -> int:
+        """Tokens the model produced (a stop token counts: it took a decoding step)."""
+        return len(self.ids)
+
+    def message(self, may_call: bool) -> tuple[Message, dict | None, str | None]:
+        """The assistant message, its tool call when a complete one is to be run, and the finish reason.
+
+        A call that cannot run (cut off by max tokens or a cancel, stopped at the call token,
+        or no tokens left to read its result) is left out: history holds only calls with results.
+        """
+        if not self.in_call:
+            # What was shown: the engine may have cut a stop string that the ids still hold.
+            return {"role": "assistant", "content": self.shown}, None, self.finish_reason
+        parsed = self.template.parse_reply(self.ids)
+        if parsed.tool_call is not None and may_call:
+            return parsed.message, parsed.tool_call, self.finish_reason
+        finish_reason = "length" if parsed.tool_call is not None else self.finish_reason
+        return {"role": "assistant", "content": parsed.message["content"]}, None, finish_reason

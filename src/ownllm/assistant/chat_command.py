@@ -1,0 +1,224 @@
+"""`ownllm chat`: talk to the run's assistant in the terminal, or answer one prompt for a script.
+
+    ownllm chat --run runs/demo                          # interactive; /help lists the commands
+    ownllm chat --run runs/demo -p "What is 12 * 7?"     # one answer on stdout, then exit
+    echo "Tell me a story about a cat" | ownllm chat --run runs/demo
+
+The reply streams as it is generated. Notes (dropped turns, where the system prompt came
+from) go to stderr, so stdout holds only what the assistant says. Ctrl-C during a reply
+stops that reply and keeps what it wrote; Ctrl-C at the prompt clears the line (as in
+Python's REPL); Ctrl-D or /quit leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TextIO
+
+from ownllm.assistant.session import ChatSession, Settings
+from ownllm.chat.tools import parse_tool_call
+from ownllm.cli import add_run_argument
+from ownllm.console import say
+from ownllm.errors import UserError
+from ownllm.run import RunDir
+
+HELP = """\
+commands:
+  /system TEXT      set the system prompt (/system alone shows it, /system - removes it)
+  /reset            start the conversation again (the system prompt and settings stay)
+  /save FILE        save the conversation and settings as JSON
+  /load FILE        continue a saved conversation
+  /set NAME VALUE   change a sampling setting (/set alone lists them): {names}
+  /help             this list
+  /quit             leave (or Ctrl-D)
+Ctrl-C stops a reply; what it wrote so far stays in the conversation."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_run_argument(parser)
+    defaults = Settings()
+    parser.add_argument("-p", "--prompt", metavar="TEXT", help="answer this one message and exit (stdin is read when it is a pipe)")
+    parser.add_argument("--system", metavar="TEXT",
+                        help="system prompt (default: the persona the model was fine-tuned with; \"\" for none)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, metavar="T",
+                        help="randomness: 0 always picks the most likely token (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, metavar="K",
+                        help="sample among the K most likely tokens; 0 for all (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P",
+                        help="sample among the most likely tokens that add up to P; 1 for all (default: %(default)s)")
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty, metavar="R",
+                        help="above 1 makes repeating earlier tokens less likely (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, metavar="N",
+                        help="longest reply in tokens, tool calls included (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="make the replies repeatable")
+    parser.add_argument("--stage", choices=("sft", "pretrain"), default=None,
+                        help="which checkpoints to chat with (default: sft if the run has them, else pretrain)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run(args: argparse.Namespace) -> int:
+    RunDir.open(args.run, create=False)
+    settings = Settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens,
+                        seed=args.seed).checked()
+    prompt = args.prompt
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    if prompt is not None and not prompt.strip():
+        raise UserError("the prompt is empty; pass -p \"a question\" or pipe one in")
+    session = ChatSession.open(args.run, stage=args.stage, system=args.system, settings=settings,
+                               device=args.device)
+    say(session.note)
+    try:
+        if prompt is not None:
+            return answer_once(session, prompt.strip())
+        return Repl(session, Path(args.run)).loop()
+    finally:
+        session.close()
+
+
+def answer_once(session: ChatSession, prompt: str) -> int:
+    """Stream one answer to stdout (tool calls to stderr, so stdout is only the answer)."""
+    shown = Display(sys.stdout, tools=sys.stderr)
+    for event in session.send(prompt):
+        shown.show(event)
+    shown.end()
+    return 0
+
+
+class Display:
+    """Writes reply events for a person: text as it comes, tool calls as `[calculator: 12 * 7 = 84]`."""
+
+    def __init__(self, out: TextIO, tools: TextIO, dropped_before: int = 0):
+        self.out, self.tools = out, tools
+        self.at_line_start = True
+        self.call: dict | None = None
+        self.dropped_before = dropped_before  # said already: only a growing number is news
+
+    def show(self, event) -> None:
+        if event.kind == "text":
+            self._write(self.out, event.text)
+        elif event.kind == "tool_call":
+            self.call = parse_tool_call(event.text)
+        elif event.kind == "tool_result":
+            if self.tools is self.out and not self.at_line_start:
+                self._write(self.out, "\n")
+            self._write(self.tools, f"[{describe_tool_call(self.call, event.text)}]\n")
+        elif event.kind == "done":
+            if event.dropped > self.dropped_before or event.finish_reason == "length":
+                self.end()
+            if event.dropped > self.dropped_before:
+                say(f"(the {event.dropped} oldest messages no longer fit in the context; the model does not see them)")
+            if event.finish_reason == "length":
+                say("(the reply was cut short: it reached max_tokens or the end of the context)")
+
+    def end(self) -> None:
+        if not self.at_line_start:
+            self._write(self.out, "\n")
+
+    def _write(self, stream: TextIO, text: str) -> None:
+        stream.write(text)
+        stream.flush()
+        if text and stream is self.out:
+            self.at_line_start = text.endswith("\n")
+
+
+def describe_tool_call(call: dict, result: str) -> str:
+    """`calculator: 12 * 7 = 84`; for an error, `calculator: 1 / 0 -> error: division by zero`."""
+    name = call["name"] or "tool call"
+    joiner = " -> " if result.startswith("error") else " = "
+    return f"{name}: {call['arguments']}{joiner}{result}"
+
+
+class Repl:
+    """The interactive loop: a prompt, slash commands, streamed replies that Ctrl-C can stop."""
+
+    def __init__(self, session: ChatSession, run: Path):
+        self.session, self.run = session, run
+        self.stop_requested = False
+
+    def loop(self) -> int:
+        if sys.stdin.isatty():
+            import readline  # noqa: F401  (importing it gives input() line editing and history)
+        say(f"chatting with {self.run} · /help for commands · Ctrl-D to leave")
+        while True:
+            try:
+                line = input("> ").strip()
+                if line.startswith("/"):
+                    if self.command(line) == "quit":
+                        return 0
+                elif line:
+                    self.answer(line)
+            except KeyboardInterrupt:  # at the prompt: a fresh line, as in Python's REPL
+                print(flush=True)
+            except EOFError:
+                print(flush=True)
+                return 0
+            except UserError as e:
+                say(f"error: {e}")
+
+    def answer(self, text: str) -> None:
+        """Stream the reply; the first Ctrl-C stops it after the current token, a second one at once."""
+        shown = Display(sys.stdout, tools=sys.stdout, dropped_before=self.session.last_dropped)
+        self.stop_requested = False
+        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        events = self.session.send(text)
+        try:
+            for event in events:
+                shown.show(event)
+                if self.stop_requested:
+                    break
+        except KeyboardInterrupt:
+            self.stop_requested = True
+        finally:
+            events.close()
+            signal.signal(signal.SIGINT, previous)
+            shown.end()
+        if self.stop_requested:
+            say("[stopped]")
+
+    def _on_interrupt(self, signum, frame) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def command(self, line: str) -> str | None:
+        name, _, rest = line.partition(" ")
+        rest = rest.strip()
+        session = self.session
+        if name == "/help":
+            print(HELP.format(names=", ".join(Settings.names())))
+        elif name in ("/quit", "/exit"):
+            return "quit"
+        elif name == "/reset":
+            session.reset()
+            say("(conversation cleared)")
+        elif name == "/system":
+            if rest == "-":
+                session.system = None
+            elif rest:
+                session.system = rest
+            say(f"system prompt: {session.system}" if session.system else "no system prompt")
+        elif name == "/set":
+            if rest:
+                setting, _, value = rest.partition(" ")
+                if not value.strip():
+                    raise UserError(f"/set needs a value: /set {setting} VALUE")
+                session.set(setting.replace("-", "_"), value.strip())
+            print("  ".join(f"{k}={'none' if v is None else v}" for k, v in asdict(session.settings).items()))
+        elif name in ("/save", "/load"):
+            if not rest:
+                raise UserError(f"{name} needs a file name: {name} chat.json")
+            if name == "/save":
+                say(f"saved to {session.save(Path(rest).expanduser())}")
+            else:
+                session.load(Path(rest).expanduser())
+                say(f"loaded {rest}: {len(session.history)} messages; "
+                    + (f"system prompt: {session.system}" if session.system else "no system prompt"))
+        else:
+            raise UserError(f"unknown command {name}; /help lists the commands")
+        return None

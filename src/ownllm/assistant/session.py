@@ -1,0 +1,250 @@
+"""A chat session: the history, the system prompt and the sampling settings of one conversation.
+
+    session = ChatSession.open("runs/demo")             # the sft checkpoint, its persona's system prompt
+    for event in session.send("What is 12 * 7?"):      # ReplyEvents, as assistant/reply.py streams them
+        ...
+    session.set("temperature", "0.2"); session.save("chat.json"); session.load("chat.json")
+
+The history always ends with an assistant message between turns. A reply that is stopped
+(the caller closes the stream, e.g. on Ctrl-C) is kept as far as it got, unmarked: the model
+sees in later turns what it really wrote, and any tool call that completed stays with its
+result. A reply that fails or is stopped before its first event (a message too long for
+the context, a busy engine) leaves the history as it was.
+
+A saved chat is JSON with the conversation in the same shape as training data, so a chat
+worth keeping can be fine-tuned on:
+
+    {"format": "ownllm.chat", "version": 1,
+     "messages": [{"role": "system", ...}, {"role": "user", ...}, {"role": "assistant", ...}],
+     "settings": {"temperature": 0.8, "top_k": 50, ...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Iterator
+
+from ownllm.assistant.reply import ReplyEvent, reply
+from ownllm.chat.conversation import Conversation, InvalidConversation, Message, validate
+from ownllm.chat.persona import Persona
+from ownllm.chat.template import ChatTemplate
+from ownllm.errors import UserError
+from ownllm.fsutil import atomic_write_json
+
+FORMAT = "ownllm.chat"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sampling settings a person can change with /set (SamplingParams checks the values)."""
+
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def with_value(self, name: str, text: str) -> "Settings":
+        """A copy with `name` set from the text a person typed ("0.7", "none" for no seed), checked."""
+        if name not in self.names():
+            raise UserError(f"unknown setting {name!r}; settings: {', '.join(self.names())}")
+        kind = int if name in ("top_k", "max_tokens", "seed") else float
+        if name == "seed" and text.strip().lower() in ("none", "off", "random"):
+            return replace(self, seed=None)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise UserError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {text!r}") from None
+        return replace(self, **{name: value}).checked()
+
+    def checked(self) -> "Settings":
+        self.sampling()
+        return self
+
+    def sampling(self):
+        """These settings as the engine's SamplingParams; UserError naming a value out of range."""
+        from ownllm.inference.engine import SamplingParams
+
+        return SamplingParams(**asdict(self)).validate()
+
+    @classmethod
+    def from_dict(cls, values) -> "Settings":
+        if not isinstance(values, dict):
+            raise UserError("settings must be an object such as {\"temperature\": 0.8}")
+        unknown = set(values) - set(cls.names())
+        if unknown:
+            raise UserError(f"unknown settings {sorted(unknown)}; settings: {', '.join(cls.names())}")
+        settings = cls()
+        for name, value in values.items():
+            settings = settings.with_value(name, "none" if value is None else str(value))
+        return settings
+
+
+def default_system_prompt(run: str | Path, stage: str) -> tuple[str | None, str]:
+    """The system prompt the model was fine-tuned with, and a line saying where it came from.
+
+    A chat checkpoint records its persona (the same values that worded the system prompt of
+    the generated training conversations); a base model never saw a system prompt, so it
+    gets none.
+    """
+    from ownllm.train.checkpoint import latest_checkpoint, read_state
+
+    if stage != "sft":
+        return None, "chatting with the base model (no chat fine-tuning), without a system prompt"
+    path = latest_checkpoint(Path(run) / "checkpoints" / "sft")
+    persona = read_state(path).get("persona") if path else None
+    if not persona:
+        return None, f"{path} records no persona; chatting without a system prompt"
+    system = Persona.from_dict(persona).system_prompt()
+    return system, f"system prompt: {system}"
+
+
+def chosen_stage(run: str | Path, stage: str | None) -> str:
+    """`stage`, or sft when the run has a chat checkpoint and pretrain otherwise; refused if it has none."""
+    from ownllm.train.checkpoint import latest_checkpoint
+
+    checkpoints = Path(run) / "checkpoints"
+    if stage is None:
+        stage = "sft" if latest_checkpoint(checkpoints / "sft") else "pretrain"
+    if latest_checkpoint(checkpoints / stage) is None:
+        raise UserError(f"no {stage} checkpoint in {checkpoints / stage}; train one with `ownllm {stage} --run {run}`")
+    return stage
+
+
+class ChatSession:
+    """One conversation with the engine; not thread-safe (one person, one terminal)."""
+
+    def __init__(self, engine, template: ChatTemplate, system: str | None = None, settings: Settings = Settings(),
+                 note: str | None = None):
+        self.engine, self.template = engine, template
+        self.system = system or None
+        self.settings = settings.checked()
+        self.history: Conversation = []  # user and assistant (and tool) messages, without the system message
+        self.last_dropped = 0  # messages the last reply left out to fit the context
+        self.note = note or _describe_system(self.system)  # for a person: where the system prompt came from
+
+    @classmethod
+    def open(cls, run: str | Path, stage: str | None = None, system: str | None = None,
+             settings: Settings = Settings(), device: str = "auto") -> "ChatSession":
+        """A session on the latest checkpoint of `stage` (None: sft if the run has one, else pretrain).
+
+        `system` None takes the default (see default_system_prompt); "" means none.
+        """
+        from ownllm.inference.engine import Engine
+        from ownllm.tokenizer import Tokenizer
+
+        settings.checked()
+        stage = chosen_stage(run, stage)
+        note = None
+        if system is None:
+            system, note = default_system_prompt(run, stage)
+        template = ChatTemplate(Tokenizer.load(Path(run) / "tokenizer"))
+        engine = Engine.load(run, stage=stage, device=device, max_slots=1)
+        return cls(engine, template, system, settings, note)
+
+    def conversation(self) -> Conversation:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def send(self, text: str) -> Iterator[ReplyEvent]:
+        """Add the user's message and stream the reply; the history keeps whatever of it was written."""
+        message = {"role": "user", "content": text}
+        validate([message])  # an empty message is refused before anything changes
+        conversation = self.conversation() + [message]
+        events = reply(self.engine, self.template, conversation, self.settings.sampling())
+        written: list[Message] = []  # tool calls and results that completed
+        text_so_far = ""
+        done = False
+        started = False
+        try:
+            for event in events:
+                if not started:
+                    self.history.append(message)
+                    started = True
+                if event.kind == "text":
+                    text_so_far += event.text
+                elif event.kind == "tool_result":
+                    written += event.messages
+                    text_so_far = ""
+                elif event.kind == "done":
+                    self.history += event.messages
+                    self.last_dropped = event.dropped
+                    done = True
+                yield event
+        finally:
+            events.close()
+            if started and not done:
+                self.history += written + [{"role": "assistant", "content": text_so_far}]
+
+    def close(self) -> None:
+        """Stop the engine's scheduler thread."""
+        self.engine.close()
+
+    def reset(self) -> None:
+        """Forget the conversation; the system prompt and the settings stay."""
+        self.history = []
+        self.last_dropped = 0
+
+    def set(self, name: str, value: str) -> None:
+        self.settings = self.settings.with_value(name, value)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        try:
+            atomic_write_json(path, {"format": FORMAT, "version": VERSION, "messages": self.conversation(),
+                                     "settings": asdict(self.settings)})
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror}") from None
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Replace the conversation and settings with a saved chat's; a bad file changes nothing."""
+        messages, settings = read_chat(path)
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        self.system, self.settings = system, settings
+        self.history = messages[1:] if system is not None else messages
+        self.last_dropped = 0
+
+
+def read_chat(path: str | Path) -> tuple[Conversation, Settings]:
+    """The messages and settings of a file written by ChatSession.save, checked; UserError in one line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a saved chat") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a saved chat (not JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not a saved chat (no \"format\": \"{FORMAT}\"); save one with /save")
+    if data.get("version") != VERSION:
+        raise UserError(f"{path} is a saved chat of version {data.get('version')!r}; this ownllm reads version {VERSION}")
+    messages = data.get("messages", [])
+    try:
+        messages = validate(messages) if messages else []
+    except InvalidConversation as e:
+        raise UserError(f"{path}: {e}") from None
+    # A saved chat ends with the assistant's reply, or is a system prompt alone (a fresh chat with that prompt).
+    if messages and messages[-1]["role"] not in ("assistant", "system"):
+        raise UserError(f"{path}: the chat ends with a {messages[-1]['role']} message; a saved chat ends with "
+                        f"the assistant's reply")
+    try:
+        settings = Settings.from_dict(data.get("settings", {}))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return messages, settings
+
+
+def _describe_system(system: str | None) -> str:
+    return f"system prompt: {system}" if system else "no system prompt"
