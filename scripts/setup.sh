@@ -65,3 +65,7 @@ fi
 say "installing ownllm[$EXTRAS] and its dependencies"
 pip_install -e ".[$EXTRAS]"
 say "done: $("$VENV/bin/ownllm" --version)"
+# The chat page's browser tests drive the system's Chromium through Playwright (no browser download).
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    say "note: no Chromium: the web page's browser tests will be skipped (Debian/Ubuntu: apt-get install chromium)"
+fi

@@ -1,0 +1,1 @@
+"""`ownllm serve`: an OpenAI-compatible HTTP API, the chat page, and conversations kept in SQLite."""

@@ -1,0 +1,154 @@
+"""The ASGI application behind `ownllm serve`: the OpenAI-compatible API, the chat page and its API.
+
+    GET  /health                 503 {"status": "loading"} until the model is loaded, then 200 {"status": "ok"}
+    GET  /metrics                Prometheus text
+    /v1/...                      the OpenAI-compatible API (openai_api.py)
+    /api/...                     conversations kept in assistant.db (conversations.py)
+    GET  /, /static/...          the chat page
+
+The model loads in a background thread so that the server answers (and /health says
+"loading") at once. app.state holds what the routes share: settings, engine (None while
+loading), template, persona (None for a model without chat training), store, model_id,
+metrics, gate (admission of generations), ready (an Event set when loading ends, well or
+not) and load_error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+
+from ownllm import __version__
+from ownllm.assistant.store import Store
+from ownllm.chat.persona import Persona
+from ownllm.chat.template import ChatTemplate
+from ownllm.errors import UserError
+from ownllm.inference.engine import Engine
+from ownllm.server import conversations, openai_api
+from ownllm.server.metrics import Metrics, MetricsMiddleware
+from ownllm.server.security import install_security, require_owner
+from ownllm.server.settings import ServerSettings
+from ownllm.server.streaming import GenerationGate
+
+log = logging.getLogger("ownllm.server")
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = None) -> FastAPI:
+    """The app for `run_dir`; with `engine` given (tests, benchmarks) it serves that engine and does not close it."""
+    run_dir = Path(run_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.store = Store.for_run(run_dir)
+        loader = None
+        if engine is None:
+            loader = threading.Thread(target=_load, args=(app, run_dir, settings), name="ownllm-load", daemon=True)
+            loader.start()
+        else:
+            _serve(app, engine, run_dir, settings.stage)
+            app.state.ready.set()
+        try:
+            yield
+        finally:
+            if loader is not None:
+                await anyio.to_thread.run_sync(_close_loaded, app)
+            app.state.store.close()
+
+    # The interactive docs pages load scripts from a CDN: left out. The schema is served below, behind the key.
+    app = FastAPI(title="ownllm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.settings = settings
+    app.state.engine = None
+    app.state.template = None
+    app.state.persona = None
+    app.state.store = None
+    app.state.model_id = run_dir.resolve().name
+    app.state.created = int(time.time())
+    app.state.metrics = Metrics()
+    app.state.gate = GenerationGate(settings.max_slots + settings.max_queue)
+    app.state.ready = threading.Event()
+    app.state.load_error = None
+
+    @app.get("/health", include_in_schema=False)
+    def health(request: Request) -> JSONResponse:
+        state = request.app.state
+        if state.engine is not None:
+            return JSONResponse({"status": "ok"})
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_owner)])
+    def metrics(request: Request) -> PlainTextResponse:
+        state = request.app.state
+        stats = state.engine.stats() if state.engine is not None else None
+        return PlainTextResponse(state.metrics.render(stats), media_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_owner)])
+    def openapi_schema(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.include_router(openai_api.router)
+    app.include_router(conversations.router, prefix="/api")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install_security(app, settings)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def _load(app: FastAPI, run_dir: Path, settings: ServerSettings) -> None:
+    """Background thread: load the engine, then serve it; on failure keep the one-line reason for /health."""
+    try:
+        stage = settings.stage or _default_stage(run_dir)
+        engine = Engine.load(run_dir, stage=stage, device=settings.device, max_slots=settings.max_slots,
+                             max_queue=settings.max_queue)
+        _serve(app, engine, run_dir, stage)
+    except UserError as e:  # a damaged checkpoint, a mismatched tokenizer: `ownllm serve` prints the line and exits
+        app.state.load_error = str(e)
+    except Exception as e:  # a bug: keep the traceback
+        log.exception("loading the model failed")
+        app.state.load_error = f"{type(e).__name__}: {e}"
+    finally:
+        app.state.ready.set()
+
+
+def _close_loaded(app: FastAPI) -> None:
+    """Close the engine this app loaded, once loading is over (a load in progress cannot be interrupted)."""
+    app.state.ready.wait()
+    if app.state.engine is not None:
+        app.state.engine.close()
+
+
+def _serve(app: FastAPI, engine: Engine, run_dir: Path, stage: str | None) -> None:
+    app.state.template = ChatTemplate(engine.tokenizer)
+    app.state.persona = _persona(run_dir, stage or _default_stage(run_dir))
+    app.state.engine = engine  # last: a non-None engine means everything else is in place
+
+
+def _default_stage(run_dir: Path) -> str:
+    from ownllm.train.checkpoint import latest_checkpoint
+
+    return "sft" if latest_checkpoint(run_dir / "checkpoints" / "sft") is not None else "pretrain"
+
+
+def _persona(run_dir: Path, stage: str) -> Persona | None:
+    """Who the chat model was trained to be (recorded by `ownllm sft`); None for a model without chat training."""
+    from ownllm.train.checkpoint import latest_checkpoint, read_state
+
+    checkpoint = latest_checkpoint(run_dir / "checkpoints" / stage)
+    persona = read_state(checkpoint).get("persona") if checkpoint is not None else None
+    return Persona.from_dict(persona) if isinstance(persona, dict) else None

@@ -1,0 +1,249 @@
+"""Who may call the server and what a request may look like, checked before any route runs.
+
+- API key: with a key configured, every route but /health (and the static page, which holds
+  no data) needs `Authorization: Bearer KEY`, compared in constant time. The caller's identity
+  (`require_owner`) is derived from the key, so conversations are kept per key.
+- Host header: a server bound to a loopback address answers only requests addressed to
+  localhost, 127.0.0.1 or [::1]. A web page on another domain whose DNS name is re-pointed to
+  127.0.0.1 (DNS rebinding) sends its own name in Host and is refused (421).
+- Origin: a browser request from a page of another origin is refused (403) unless that origin
+  is on the --cors-origin allow-list; CORS headers are sent only for allow-listed origins.
+- Bodies: a body must be JSON (415 otherwise; this also blocks form posts from other sites,
+  which cannot send application/json without a CORS preflight) and at most max_body_bytes (413),
+  counted while it arrives, so a chunked body without Content-Length cannot get around it.
+
+Every refusal has the OpenAI error shape: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ownllm.assistant.reply import ContextOverflow
+from ownllm.errors import UserError
+from ownllm.inference.engine import EngineBusy
+from ownllm.server.settings import ServerSettings
+
+log = logging.getLogger("ownllm.server")
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+HOST_HEADER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$")
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+# Pydantic names the member of a union a value failed in the error location: "str", "list[str]", "TextPart".
+# Field names are snake_case, so a type name or a CamelCase model name is a union tag.
+UNION_TAG = re.compile(r"^(str|int|float|bool|dict\[.*\]|list\[.*\]|[A-Z]\w*)$")
+
+
+class APIError(Exception):
+    """Raised anywhere in a route or dependency; answered as an OpenAI-shaped error."""
+
+    def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type or error_type(status)
+        self.param, self.code, self.headers = param, code, headers
+
+    def response(self) -> JSONResponse:
+        return openai_error(self.status, self.message, self.type, self.param, self.code, self.headers)
+
+
+def error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def openai_error(status: int, message: str, type: str | None = None, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error body every OpenAI client understands."""
+    body = {"error": {"message": message, "type": type or error_type(status), "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def owner_id(api_key: str | None) -> str:
+    """The identity a key's conversations are stored under; the key itself is never stored."""
+    if not api_key:
+        return "local"
+    return "sha256:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
+
+
+def require_owner(request: Request) -> str:
+    """FastAPI dependency: the caller's identity, or a 401 when a key is required and missing or wrong."""
+    key = request.app.state.settings.api_key
+    if not key:
+        return "local"
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), key.encode("utf-8")):
+        raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    return owner_id(key)
+
+
+def install_security(app: FastAPI, settings: ServerSettings) -> None:
+    """Error handlers, then the CORS allow-list and the request guard (the guard runs first)."""
+    app.add_exception_handler(APIError, lambda request, e: e.response())
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(UserError, _user_error)
+    app.add_exception_handler(Exception, _internal_error)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(RequestGuard, settings=settings)
+
+
+def _user_error(request: Request, e: UserError) -> JSONResponse:
+    if isinstance(e, EngineBusy):
+        return openai_error(503, str(e), code="server_busy", headers={"Retry-After": "1"})
+    if isinstance(e, ContextOverflow):
+        return openai_error(400, f"{e} (or send \"truncate\": true to drop the oldest turns)",
+                            param="messages", code="context_length_exceeded")
+    return openai_error(400, str(e))
+
+
+def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    return openai_error(e.status_code, message.get(e.status_code, str(e.detail)), headers=e.headers)
+
+
+def _internal_error(request: Request, e: Exception) -> JSONResponse:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return openai_error(500, "internal server error (a bug: the server log has the details)")
+
+
+def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 list of problems -> one OpenAI-shaped 400 (as OpenAI answers) naming the most specific one."""
+    errors: list[dict[str, Any]] = e.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        detail = errors[0].get("ctx", {}).get("error", "decode error")
+        return openai_error(400, f"the request body is not valid JSON ({detail})")
+    located = [(_param(error.get("loc", ())), error) for error in errors]
+    param = max((p for p, _ in located), key=lambda p: p.count(".") + p.count("["))
+    if not param:
+        missing = errors[0].get("type") == "missing"
+        return openai_error(400, "the request needs a JSON object body" if missing
+                            else "the request body must be a JSON object")
+    # A value that fits none of a union's types gets one message per type: say them all.
+    messages = dict.fromkeys(error.get("msg", "invalid value") for p, error in located if p == param)
+    return openai_error(400, f"{param}: {' or '.join(messages)}", param=param)
+
+
+def _param(loc: tuple) -> str:
+    """("body", "messages", 0, "content", "list[TextPart]", 1, "text") -> "messages[0].content[1].text"."""
+    param = ""
+    for part in loc:
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif part != "body" and not UNION_TAG.match(part):
+            param += f".{part}" if param else part
+    return param
+
+
+class RequestGuard:
+    """Pure ASGI middleware: Host and Origin checks, then the content type and size of the body."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = self._check_host(headers) or self._check_origin(headers)
+        if refusal is None and scope["method"] in BODY_METHODS and _has_body(headers):
+            refusal = _check_content_type(headers)
+            if refusal is None:
+                body, refusal = await self._read_body(headers, receive)
+                if body is None and refusal is None:
+                    return  # the client went away while sending
+                if refusal is None:
+                    receive = _replay(body, receive)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _check_host(self, headers: Headers) -> JSONResponse | None:
+        if not self.settings.loopback:
+            return None
+        match = HOST_HEADER.match(headers.get("host", ""))
+        host, port = (match.group(1).lower(), match.group(2)) if match else ("", None)
+        port_ok = port is None or self.settings.port == 0 or int(port) == self.settings.port
+        if host not in LOOPBACK_HOSTS or not port_ok:
+            return openai_error(421, f"this server answers only requests to localhost, 127.0.0.1 or [::1] on port "
+                                     f"{self.settings.port}, not {headers.get('host', '(no Host header)')!r}",
+                                code="invalid_host")
+        return None
+
+    def _check_origin(self, headers: Headers) -> JSONResponse | None:
+        origin = headers.get("origin")
+        if origin is None or origin in self.settings.cors_origins:
+            return None
+        same_origin = origin.partition("://")[2] == headers.get("host", "").lower()
+        if same_origin:
+            return None
+        return openai_error(403, f"requests from pages on {origin} are not allowed; start the server with "
+                                 f"--cors-origin {origin} to allow them", code="origin_not_allowed")
+
+    async def _read_body(self, headers: Headers, receive: Receive) -> tuple[bytes | None, JSONResponse | None]:
+        limit = self.settings.max_body_bytes
+        too_large = openai_error(413, f"the request body is larger than {limit} bytes", code="body_too_large")
+        if int(headers.get("content-length", "0")) > limit:  # the HTTP parser has checked it is a number
+            return b"", too_large
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None, None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return b"", too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+
+def _has_body(headers: Headers) -> bool:
+    return headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", "").lower()
+
+
+def _check_content_type(headers: Headers) -> JSONResponse | None:
+    media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
+        return None
+    shown = media_type or "none"
+    return openai_error(415, f"the request body must be JSON sent with 'Content-Type: application/json' (got {shown})",
+                        code="unsupported_media_type")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that gives the app the body already read, then whatever the client sends next (disconnect)."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,112 @@
+"""`ownllm serve`: the chat page and the OpenAI-compatible API for a run's model.
+
+    ownllm serve --run runs/demo                               # http://127.0.0.1:8000/
+    ownllm serve --run runs/demo --host 0.0.0.0 --api-key-file key.txt
+
+The socket is bound before anything else, so a port in use is a one-line error, and port 0
+picks a free one (the URL printed says which). The model loads in the background; the URL
+is printed once it is ready. Ctrl-C stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import socket
+import threading
+from pathlib import Path
+
+from ownllm.cli import add_run_argument
+from ownllm.console import say
+from ownllm.errors import UserError
+from ownllm.server.settings import ServerSettings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerSettings()
+    add_run_argument(parser)
+    parser.add_argument("--host", default=defaults.host,
+                        help="address to listen on (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=defaults.port,
+                        help="TCP port; 0 picks a free one (default: %(default)s)")
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every route but /health")
+    key.add_argument("--api-key-file", type=Path, metavar="FILE",
+                     help="read the key from FILE (keeps it out of the process list)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback address without an API key")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="URL",
+                        help="let web pages from this origin (e.g. http://localhost:3000) call the API; repeatable")
+    parser.add_argument("--truncate", action="store_true",
+                        help="drop the oldest turns of over-long conversations instead of answering 400")
+    parser.add_argument("--max-slots", type=int, default=defaults.max_slots, metavar="N",
+                        help="sequences generated together (default: %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=defaults.max_queue, metavar="N",
+                        help="requests that may wait for a slot; more are answered 503 (default: %(default)s)")
+    parser.add_argument("--stage", choices=("sft", "pretrain"), help="checkpoints to serve (default: sft if any)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--access-log", action="store_true", help="print a line per request")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ownllm.assistant.session import chosen_stage
+    from ownllm.run import RunDir
+    from ownllm.server.app import create_app
+
+    settings = ServerSettings(host=args.host, port=args.port, api_key=_api_key(args), insecure=args.insecure,
+                              cors_origins=tuple(args.cors_origin), truncate=args.truncate,
+                              max_slots=args.max_slots, max_queue=args.max_queue, device=args.device).check()
+    run_dir = RunDir.open(args.run, create=False)
+    stage = chosen_stage(run_dir.root, args.stage)
+    sock = _bind(settings.host, settings.port)
+    settings = dataclasses.replace(settings, port=sock.getsockname()[1], stage=stage)
+    app = create_app(run_dir.root, settings)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=args.access_log,
+                                           timeout_graceful_shutdown=3))
+    say(f"loading the {stage} model of {run_dir.root} ...")
+    threading.Thread(target=_announce, args=(app, server, settings), name="ownllm-announce", daemon=True).start()
+    server.run(sockets=[sock])
+    if app.state.load_error:
+        raise UserError(f"the model could not be loaded: {app.state.load_error}")
+    return 0
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is None:
+        return args.api_key
+    try:
+        key = args.api_key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read the API key from {args.api_key_file}: {e}") from None
+    if not key:
+        raise UserError(f"{args.api_key_file} is empty; put the API key in it")
+    return key
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UserError(f"--host {host} is not an address of this machine ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+    return sock
+
+
+def _announce(app, server, settings: ServerSettings) -> None:
+    """Say where to go once the model is loaded; stop the server if it could not be."""
+    app.state.ready.wait()
+    if app.state.load_error:
+        server.should_exit = True
+        return
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}"
+    key = ", API key required" if settings.api_key else ""
+    say(f"serving {app.state.model_id} at {url}/ (chat page) and {url}/v1 (OpenAI API{key}); Ctrl-C stops")

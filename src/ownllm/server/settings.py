@@ -1,0 +1,72 @@
+"""How `ownllm serve` runs: where it listens, who may call it, and the limits every request must respect.
+
+The limits exist so that one request cannot take the server down: bodies, messages and
+generation lengths are bounded and refused with a clear 4xx before any work is done.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ownllm.errors import UserError
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # None: no authentication (only sensible on a loopback address)
+    insecure: bool = False  # allow a non-loopback bind without a key
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API from other pages; () = none
+    max_body_bytes: int = 1 << 20  # request bodies above this are refused (413) before they are parsed
+    max_messages: int = 256
+    max_message_chars: int = 32_000
+    max_prompt_chars: int = 100_000  # /v1/completions prompt text
+    max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
+    default_max_tokens: int = 512  # when a request gives none (the context still bounds it)
+    max_stop: int = 4  # stop strings per request (OpenAI's limit)
+    max_stop_chars: int = 64
+    max_slots: int = 8  # sequences decoded together
+    max_queue: int = 64  # requests waiting for a slot; past that, 503 at once
+    truncate: bool = False  # drop the oldest turns of an over-long conversation instead of answering 400
+    stage: str | None = None  # checkpoints to serve: None = sft if the run has one, else pretrain
+    device: str = "auto"
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def check(self) -> "ServerSettings":
+        """Refuse settings that are unsafe or impossible, in one line each."""
+        if not self.loopback and not self.api_key and not self.insecure:
+            raise UserError(f"--host {self.host} is reachable from other machines; give --api-key/--api-key-file, "
+                            f"or --insecure to serve without a key")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UserError("the API key is empty; give a non-empty --api-key or --api-key-file")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port {self.port} is not a TCP port (0-65535)")
+        if self.max_slots < 1 or self.max_queue < 1:
+            raise UserError("--max-slots and --max-queue must be at least 1")
+        for origin in self.cors_origins:
+            check_origin(origin)
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_origin(origin: str) -> None:
+    """A CORS origin is exactly scheme://host[:port]: browsers compare it as a string."""
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or parts.fragment:
+        raise UserError(f"--cors-origin {origin!r} is not an origin like https://example.com or http://localhost:3000")
