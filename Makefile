@@ -21,16 +21,22 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 10-12 minutes on 2 cores).
+## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 17-20 minutes on 2 cores).
 demo: setup
-	@echo "ownllm demo: corpus -> tokenizer -> token shards -> 10 minutes of pretraining -> samples."
-	@echo "This takes about 10-12 minutes on a 2-core CPU. Artifacts go to $(RUN)/; Ctrl-C stops safely."
+	@echo "ownllm demo: corpus -> tokenizer -> token shards -> 10 minutes of pretraining -> samples"
+	@echo "            -> 5 minutes of chat fine-tuning -> a short conversation with the assistant."
+	@echo "This takes about 17-20 minutes on a 2-core CPU. Artifacts go to $(RUN)/; Ctrl-C stops safely."
 	$(VENV)/bin/ownllm data --run $(RUN)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --vocab-size $(VOCAB)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --stats
 	$(VENV)/bin/ownllm tokenize --run $(RUN)
 	$(VENV)/bin/ownllm pretrain --run $(RUN) --preset cpu --restart
 	$(VENV)/bin/ownllm sample --run $(RUN) --prompt "Once upon a time" --max-tokens 120 --samples 3 --seed 1
+	$(VENV)/bin/ownllm sft --run $(RUN) --preset cpu --restart
+	$(VENV)/bin/ownllm chat --run $(RUN) --seed 1 -p "What is your name?"
+	$(VENV)/bin/ownllm chat --run $(RUN) --seed 1 -p "What is 12 * 7?"
+	$(VENV)/bin/ownllm chat --run $(RUN) --seed 1 -p "Tell me a story about a cat."
+	@[ -t 0 ] && echo "Now talk to it yourself (/help for commands, Ctrl-D to leave):" && $(VENV)/bin/ownllm chat --run $(RUN) || true
 
 ## Benchmarks print measured figures (never part of the tests).
 bench: setup

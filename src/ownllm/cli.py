@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("ownllm.data.tokenize_command", "encode the corpus into token shards for training"),
     "pretrain": ("ownllm.train.pretrain_command", "pretrain the transformer on the token shards"),
     "sample": ("ownllm.inference.sample_command", "print a continuation of a prompt from the latest checkpoint"),
+    "sft": ("ownllm.train.sft_command", "fine-tune the pretrained model into a chat assistant"),
+    "chat": ("ownllm.assistant.chat_command", "talk to the assistant in the terminal, or answer one prompt (-p)"),
+    "feedback": ("ownllm.assistant.feedback_command", "export the replies rated on the web page as fine-tuning data"),
+    "serve": ("ownllm.server.serve_command", "serve the chat page and an OpenAI-compatible API for the model"),
 }
 
 EPILOG = """\
@@ -30,6 +34,9 @@ a run directory (--run DIR) holds every stage's artifacts; stages read what earl
   ownllm tokenize --run runs/demo          # tokens/
   ownllm pretrain --run runs/demo          # checkpoints/pretrain/
   ownllm sample --run runs/demo --prompt "Once upon a time"
+  ownllm sft --run runs/demo               # checkpoints/sft/      (chat fine-tuning)
+  ownllm chat --run runs/demo              # talk to it in the terminal (-p "question" answers once)
+  ownllm serve --run runs/demo             # the chat page and an OpenAI-compatible API on 127.0.0.1:8000
 run `ownllm COMMAND --help` for a command's options."""
 
 
