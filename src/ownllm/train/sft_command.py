@@ -29,9 +29,8 @@ from ownllm.errors import StaleArtifactError, UserError
 from ownllm.model import ModelConfig, Transformer
 from ownllm.run import RunDir
 from ownllm.tokenizer import Tokenizer
-from ownllm.train import checkpoint
+from ownllm.train import checkpoint, distributed
 from ownllm.train.config import PRESETS, TrainConfig, apply_overrides, parse_duration, set_value
-from ownllm.train.device import choose_precision, resolve_device
 from ownllm.train.trainer import Hooks, Trainer
 
 STAGE = "sft"
@@ -149,41 +148,55 @@ def train(run_dir: RunDir, config: TrainConfig, mixture: SFTMixture, base: Path,
           restart: bool = False, steps_override: int | None = None) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    precision = choose_precision(device, config.dtype)
-    torch.manual_seed(config.seed)
-    tokenizer = Tokenizer.load(run_dir.tokenizer)
-    template = ChatTemplate(tokenizer)
-    data = build_sft_data(mixture, template, config.seq_len)
-    for line in data.summary():
-        say(line)
-    model = Transformer(config.model).to(device)
-    model.grad_checkpointing = config.grad_checkpointing
-    if not resume:
-        checkpoint.load_weights(base, model)
-    loader = SFTLoader(data.train, config.seq_len, config.micro_batch, config.seed, pad_id=template.end_of_turn_id,
-                       device=device, fingerprint=data.fingerprint)
-    base_name = str(base.relative_to(run_dir.root))
-    hooks = Hooks(
-        evaluate=make_evaluator(data, config, template, device),
-        sample=make_sampler(template, config, mixture.persona),
-        checkpoint_state={"tokenizer_hash": tokenizer_hash(run_dir.tokenizer), "persona": mixture.persona.to_dict(),
-                          "base_checkpoint": base_name, "sft_mixture": mixture.to_dict()},
-    )
-    run_dir.record_config(STAGE, {**config.to_dict(), "base_checkpoint": base_name, "mixture": mixture.to_dict()})
-    trainer = Trainer(stage=STAGE, run=run_dir, config=config, model=model, loader=loader, precision=precision,
-                      hooks=hooks)
-    if resume:
-        trainer.resume(steps_override)
-    elif restart:
-        trainer.start_fresh()
-    say(f"fine-tuning {base_name} as {mixture.persona.name}: {model.num_params():,} parameters, "
-        f"{config.micro_batch * config.grad_accum} conversations per step, lr {config.lr:g}; {precision.describe()}"
-        + (f"; time budget {config.time_budget:.0f} s" if config.time_budget and trainer.total_steps is None else ""))
-    status = trainer.fit()
-    if status == 0 and trainer.last_eval:
-        print(f"held-out loss after {trainer.step} steps of fine-tuning: {trainer.last_eval['val_loss']:.4f}")
-    return status
+    with distributed.setup(config.device) as dist:
+        # Under torchrun each process takes micro_batch conversations per micro-step: a new run's
+        # step grows with the processes (a resumed run keeps the batch_tokens it saved).
+        if dist.world > 1 and not resume:
+            config.batch_tokens *= dist.world
+        device = dist.device
+        precision = dist.precision(config.dtype)
+        torch.manual_seed(config.seed)
+        tokenizer = Tokenizer.load(run_dir.tokenizer)
+        template = ChatTemplate(tokenizer)
+        data = build_sft_data(mixture, template, config.seq_len)
+        if dist.is_main:
+            for line in data.summary():
+                say(line)
+        model = Transformer(config.model).to(device)
+        model.grad_checkpointing = config.grad_checkpointing
+        if not resume:
+            checkpoint.load_weights(base, model)
+        loader = SFTLoader(data.train, config.seq_len, config.micro_batch, config.seed,
+                           pad_id=template.end_of_turn_id, device=device, rank=dist.rank, world=dist.world,
+                           fingerprint=data.fingerprint)
+        base_name = str(base.relative_to(run_dir.root))
+        hooks = Hooks(
+            evaluate=make_evaluator(data, config, template, device),
+            sample=make_sampler(template, config, mixture.persona),
+            checkpoint_state={"tokenizer_hash": tokenizer_hash(run_dir.tokenizer),
+                              "persona": mixture.persona.to_dict(), "base_checkpoint": base_name,
+                              "sft_mixture": mixture.to_dict()},
+        )
+        if dist.is_main:
+            run_dir.record_config(STAGE, {**config.to_dict(), "base_checkpoint": base_name,
+                                          "mixture": mixture.to_dict()})
+        trainer = Trainer(stage=STAGE, run=run_dir, config=config, model=model, loader=loader, precision=precision,
+                          hooks=hooks, dist=dist)
+        if resume:
+            trainer.resume(steps_override)
+        elif restart:
+            trainer.start_fresh()
+        if dist.is_main:
+            processes = f" x {dist.world} processes" if dist.active else ""
+            say(f"fine-tuning {base_name} as {mixture.persona.name}: {model.num_params():,} parameters, "
+                f"{config.micro_batch * trainer.grad_accum * dist.world} conversations per step{processes}, "
+                f"lr {config.lr:g}; {precision.describe()}"
+                + (f"; time budget {config.time_budget:.0f} s" if config.time_budget and trainer.total_steps is None
+                   else ""))
+        status = trainer.fit()
+        if status == 0 and trainer.last_eval and dist.is_main:
+            print(f"held-out loss after {trainer.step} steps of fine-tuning: {trainer.last_eval['val_loss']:.4f}")
+        return status
 
 
 def make_evaluator(data: SFTData, config: TrainConfig, template: ChatTemplate, device: torch.device):
