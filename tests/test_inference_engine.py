@@ -457,3 +457,15 @@ def test_load_prefers_the_chat_model_and_checks_the_tokenizer(tmp_path):
         Engine.load(tmp_path / "empty")
     with pytest.raises(UserError, match="ownllm sft --run"):
         Engine.load(run.parent / "stale", stage="sft")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads a thread's signal mask from Linux /proc")
+def test_the_scheduler_thread_leaves_ctrl_c_to_the_main_thread(engine):
+    """A SIGINT the kernel handed to the scheduler thread would never wake a main thread asleep in
+    input(): the scheduler blocks SIGINT and SIGTERM, so they always go to a thread that handles them."""
+    engine.generate([1, 2], GREEDY)
+    (thread,) = [t for t in threading.enumerate() if t.name == "ownllm-engine" and t.is_alive()][:1]
+    status = open(f"/proc/self/task/{thread.native_id}/status").read()
+    blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        assert blocked & (1 << (sig - 1)), f"{sig.name} is not blocked in the scheduler thread"

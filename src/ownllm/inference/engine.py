@@ -31,6 +31,7 @@ import dataclasses
 import math
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -305,6 +306,10 @@ class Engine:
     # ---- the scheduler thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        # Ctrl-C and SIGTERM are for the main thread: the kernel may hand a process's signal to any
+        # thread that does not block it, and one caught here would leave the main thread asleep
+        # in a read (e.g. `ownllm chat` waiting at its prompt) without ever seeing it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             with torch.inference_mode():
                 if self._cache is None:
