@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from ownllm.chat import ChatTemplate, Persona
-from ownllm.chat.echo import echo_conversations
 from ownllm.chat.sft_data import (
     Example,
     SFTLoader,
@@ -201,18 +200,6 @@ def test_mixture_from_a_toml_file_with_overrides(tmp_path):
                          (["files=chats.jsonl"], "list of paths")):
         with pytest.raises(UserError, match=message):
             load_mixture(overrides=bad)
-
-
-def test_echo_conversations_ask_to_repeat_a_text_that_the_reply_is_exactly():
-    conversations = echo_conversations(300, seed=5)
-    assert conversations == echo_conversations(300, seed=5) and conversations != echo_conversations(300, seed=6)
-    assert echo_conversations(10, seed=5) == conversations[:10]  # more conversations keep the first ones
-    for user, assistant in conversations:
-        assert user["role"] == "user" and assistant["role"] == "assistant"
-        assert assistant["content"] and assistant["content"] in user["content"]
-    texts = [a["content"] for _, a in conversations]
-    assert any(t.isdigit() for t in texts) and any("*" in t for t in texts) and any(t.isalpha() for t in texts)
-    assert len(set(texts)) > 250
 
 
 # ---- the loader ----------------------------------------------------------------------------------

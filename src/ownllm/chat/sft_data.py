@@ -34,7 +34,6 @@ import torch
 
 from ownllm.chat.conversation import Conversation
 from ownllm.chat.datasets import bundled_sft_dir, load_conversations
-from ownllm.chat.echo import echo_conversations
 from ownllm.chat.generated import GeneratedMix, generate_conversations
 from ownllm.chat.persona import Persona
 from ownllm.chat.template import IGNORE_INDEX, ChatTemplate
@@ -43,9 +42,9 @@ from ownllm.errors import UserError
 # The bundled datasets by their short names (the mixture's `bundled` table) and their files.
 BUNDLED = {"oasst": "oasst-en100-trees.jsonl", "dolly": "dolly-151.jsonl", "chatterbot": "chatterbot-english"}
 
-# The skills the demo checks (name, calculator, stories) get most of the generated data; small
-# talk keeps greetings answered; passages stay, smaller, because they teach reading the prompt.
-DEFAULT_WEIGHTS = {"identity": 0.2, "small_talk": 0.15, "arithmetic": 0.3, "story": 0.25, "passage": 0.1}
+# Arithmetic gets the most: copying the numbers into the call and the result into the answer is the
+# skill a small model learns last (docs/chat.md, "Fine-tuning"); its name it learns from little data.
+DEFAULT_WEIGHTS = {"identity": 0.1, "small_talk": 0.1, "arithmetic": 0.45, "story": 0.25, "passage": 0.05}
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,6 @@ class SFTMixture:
     """What the fine-tuning data is made of (a TOML file with these keys, and/or --set sft.KEY=VALUE)."""
 
     generated: int = 6000  # generated skill conversations
-    echo: int = 0  # repeat-after-me conversations (chat/echo.py): they teach copying from the context
     bundled: dict[str, int] = field(default_factory=lambda: {"oasst": 100, "dolly": 151, "chatterbot": 300})
     files: tuple[str, ...] = ()  # the user's conversation files: every usable conversation is trained on
     held_out: float = 0.03  # share of conversations kept out of training, by content hash
@@ -63,7 +61,7 @@ class SFTMixture:
     persona: Persona = field(default_factory=Persona)
 
     def __post_init__(self):
-        for name in ("generated", "echo", "max_eval", "seed"):
+        for name in ("generated", "max_eval", "seed"):
             if not _whole(getattr(self, name)) or getattr(self, name) < 0:
                 raise UserError(f"sft.{name}={getattr(self, name)!r} must be a whole number >= 0")
         unknown = set(self.bundled) - set(BUNDLED)
@@ -74,9 +72,8 @@ class SFTMixture:
                             f"got {self.bundled}")
         if not isinstance(self.held_out, (int, float)) or not 0 <= self.held_out <= 0.5:
             raise UserError(f"sft.held_out={self.held_out!r} must be a share between 0 and 0.5")
-        if not self.generated and not self.echo and not any(self.bundled.values()) and not self.files:
-            raise UserError("the mixture has no conversations: set sft.generated, sft.echo, sft.bundled.* "
-                            "or pass --data FILE")
+        if not self.generated and not any(self.bundled.values()) and not self.files:
+            raise UserError("the mixture has no conversations: set sft.generated, sft.bundled.* or pass --data FILE")
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -235,8 +232,6 @@ def build_sft_data(mixture: SFTMixture, template: ChatTemplate, seq_len: int) ->
     if mixture.generated:
         made = generate_conversations(mixture.generated, mixture.persona, mixture.generated_mix, mixture.seed)
         sources.append(("generated", made, None))
-    if mixture.echo:
-        sources.append(("echo", echo_conversations(mixture.echo, mixture.seed), None))
     for short, count in mixture.bundled.items():
         if count:
             loaded = load_conversations(bundled_sft_dir() / BUNDLED[short], persona=mixture.persona)

@@ -43,8 +43,8 @@ BASE_STAGE = "pretrain"
 SFT_PRESETS: dict[str, dict] = {
     "tiny": {"steps": 30, "lr": 1e-3, "warmup_steps": 3, "micro_batch": 8, "eval_every": 10, "sample_every": 0,
              "checkpoint_every": 10, "sample_tokens": 24},
-    "cpu": {"time_budget": 300.0, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup_steps": 10, "micro_batch": 16,
-            "eval_every": 100, "sample_every": 200, "checkpoint_every": 100, "sample_tokens": 160},
+    "cpu": {"time_budget": 600.0, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup_steps": 10, "micro_batch": 16,
+            "eval_every": 250, "sample_every": 500, "checkpoint_every": 250, "sample_tokens": 160},
     "gpu-small": {"steps": 2000, "lr": 1e-4, "warmup_steps": 50, "micro_batch": 32, "eval_every": 200,
                   "sample_every": 500, "checkpoint_every": 500, "sample_tokens": 200},
 }
