@@ -144,6 +144,10 @@ class Repl:
     def loop(self) -> int:
         if sys.stdin.isatty():
             import readline  # noqa: F401  (importing it gives input() line editing and history)
+        # Ctrl-C is how a person stops a reply or clears the line, so it must work even when whoever
+        # started us ignored it (a background job of a non-interactive shell inherits SIGINT ignored,
+        # and Python then leaves it ignored).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         say(f"chatting with {self.run} · /help for commands · Ctrl-D to leave")
         while True:
             try:
