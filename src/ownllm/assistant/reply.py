@@ -1,6 +1,5 @@
 """One assistant reply to a conversation, with the calculator tool loop and context trimming.
 
-CONTRACT (lead, session 2) -- the helper implementing this file keeps these names and meanings.
 Used by `ownllm chat` (assistant/session.py) and by the HTTP server (server/), so it holds no
 terminal or HTTP code.
 
