@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -204,6 +206,16 @@ def test_user_mistakes_exit_2_with_one_line(run, monkeypatch, capsys, args, stdi
 # ---- the interactive loop through a pseudo-terminal ----------------------------------------------
 
 
+def threads_taking_ctrl_c(pid: int) -> list[int]:
+    """The ids of the process's threads that do not block SIGINT (Linux's /proc)."""
+    taking = []
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+        blocked = next(line for line in (task / "status").read_text().splitlines() if line.startswith("SigBlk:"))
+        if not int(blocked.split()[1], 16) & (1 << (signal.SIGINT - 1)):
+            taking.append(int(task.name))
+    return taking
+
+
 def test_interactive_chat_through_a_terminal(run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TERM": "dumb", "OWNLLM_PROGRESS": "0"}
     chat = pexpect.spawn(sys.executable, ["-m", "ownllm", "chat", "--run", str(run), "--device", "cpu"],
@@ -228,15 +240,23 @@ def test_interactive_chat_through_a_terminal(run, tmp_path):
         chat.sendcontrol("c")
         chat.expect_exact("[stopped]")
         chat.expect_exact("> ")
+        # Every thread is up by now (torch's pools, the engine's): none but the main one may take
+        # Ctrl-C, or a Ctrl-C at the prompt can leave the main thread asleep in input().
+        assert threads_taking_ctrl_c(chat.pid) == [chat.pid]
         saved = tmp_path / "chat.json"
         command(f"/save {saved}", "saved to")
         command("/reset", "conversation cleared")
         command(f"/load {saved}", "loaded", "6 messages")  # question, call, result, answer; the song
-        # Ctrl-C at the prompt clears the line; Ctrl-D leaves with status 0.
+        # Ctrl-C at the prompt clears the line (else the next line would read "half a line/reset",
+        # a message for the model). We wait for the echo first: readline notices a Ctrl-C only
+        # while it waits for keys, not while it still handles a burst of them (no typist is that
+        # fast). The fresh "> " is not awaited: the terminal flushes its output on Ctrl-C, and a
+        # prompt written just before the flush is lost (a race in the kernel's tty, not ours).
         chat.send("half a line")
+        chat.expect_exact("half a line")
         chat.sendcontrol("c")
-        chat.expect_exact("> ")
         command("/reset", "conversation cleared")
+        # Ctrl-D leaves with status 0.
         command(GREETING, GREETING_REPLY)
         chat.sendcontrol("d")
         chat.expect(pexpect.EOF)

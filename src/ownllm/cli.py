@@ -13,6 +13,7 @@ import sys
 
 from ownllm import __version__
 from ownllm.errors import UserError
+from ownllm.interrupts import sigint_blocked
 
 # name -> (module, one-line help). The order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,7 +62,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv)
+    with sigint_blocked():  # the threads that importing the command starts (torch's) leave Ctrl-C to us
+        parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -24,6 +24,7 @@ from ownllm.chat.tools import parse_tool_call
 from ownllm.cli import add_run_argument
 from ownllm.console import say
 from ownllm.errors import UserError
+from ownllm.interrupts import sigint_blocked
 from ownllm.run import RunDir
 
 HELP = """\
@@ -62,16 +63,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     RunDir.open(args.run, create=False)
-    settings = Settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                        repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens,
-                        seed=args.seed).checked()
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     if prompt is not None and not prompt.strip():
         raise UserError("the prompt is empty; pass -p \"a question\" or pipe one in")
-    session = ChatSession.open(args.run, stage=args.stage, system=args.system, settings=settings,
-                               device=args.device)
+    # The threads started while we get ready (by `import torch`, by loading the model) leave
+    # Ctrl-C to the main thread, which needs it at the prompt and during replies.
+    with sigint_blocked():
+        settings = Settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens,
+                            seed=args.seed).checked()
+        session = ChatSession.open(args.run, stage=args.stage, system=args.system, settings=settings,
+                                   device=args.device)
     say(session.note)
     try:
         if prompt is not None:

@@ -43,6 +43,7 @@ import torch
 from ownllm.errors import StaleArtifactError, UserError
 from ownllm.inference.detokenize import Detokenizer
 from ownllm.inference.sampling import RowSampler, pick_tokens
+from ownllm.interrupts import sigint_blocked
 from ownllm.model.kv_cache import KVCache
 from ownllm.tokenizer import Tokenizer
 
@@ -277,7 +278,8 @@ class Engine:
             self._waiting.extend(requests)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ownllm-engine", daemon=True)
-                self._thread.start()
+                with sigint_blocked():  # blocked from its first instruction (it blocks SIGTERM too, in _run)
+                    self._thread.start()
             self._wake.notify()
         return requests
 
