@@ -21,11 +21,11 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 22-25 minutes on 2 cores).
+## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 22-25 minutes on 2 quiet cores).
 demo: setup
 	@echo "ownllm demo: corpus -> tokenizer -> token shards -> 10 minutes of pretraining -> samples"
-	@echo "            -> 10 minutes of chat fine-tuning -> a short conversation with the assistant."
-	@echo "This takes about 22-25 minutes on a 2-core CPU. Artifacts go to $(RUN)/; Ctrl-C stops safely."
+	@echo "            -> 1,500 steps of chat fine-tuning (about 10 minutes) -> a short conversation with the assistant."
+	@echo "This takes about 22-25 minutes on a quiet 2-core CPU, longer on a busy one. Artifacts go to $(RUN)/; Ctrl-C stops safely."
 	$(VENV)/bin/ownllm data --run $(RUN)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --vocab-size $(VOCAB)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --stats
