@@ -99,7 +99,10 @@ def test_output_is_identical_for_any_number_of_workers(tmp_path, stories, data):
         hashes.append(m["corpus_hash"])
         assert m["duplicates"]["exact"]["removed"] == 2
         assert m["duplicates"]["near"]["removed"] == 5
+        assert m["duplicates"]["clusters"] == 6  # stories 0-4 (story 3 also copied) and story 7
         assert m["splits"]["val"]["documents"] > 0
+        corpus = tmp_path / f"run{workers}" / "corpus"  # the on-disk duplicate index is gone
+        assert {p.name for p in corpus.iterdir()} == {"manifest.json", "train-00000.jsonl", "val-00000.jsonl"}
     assert hashes[0] == hashes[1]
     for split in ("train", "val"):
         one = (tmp_path / "run1" / "corpus" / f"{split}-00000.jsonl").read_bytes()

@@ -10,12 +10,16 @@
                                     directory that replaces corpus/ only when complete
 
 Because the main process sees results in input order, the shards are byte-identical for any
-number of workers. Memory: the reader and the in-flight window are bounded by chunk and
-document size limits; the duplicate index grows with the number of kept documents.
+number of workers. Memory is bounded whatever the corpus size: the reader and the in-flight
+window by chunk and document size limits, and what grows with the number of documents (the
+duplicate index, where each kept document came from) lives on disk, in a scratch directory
+inside the staging directory, deleted before the corpus is published.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -28,7 +32,7 @@ from ownllm import __version__
 from ownllm.console import progress, say
 from ownllm.data import corpus_shards
 from ownllm.data.corpus_shards import CorpusWriter
-from ownllm.data.dedup import Deduplicator, Match, RowStore, minhash_permutations
+from ownllm.data.dedup import Deduplicator, Match, RowFile, minhash_permutations
 from ownllm.data.fingerprints import key_fraction
 from ownllm.data.parallel import available_cores, ordered_map, size_bounded_batches
 from ownllm.data.processing import (
@@ -107,7 +111,6 @@ class CorpusReport:
         self.invalid_utf8_documents = 0
         self.mojibake_repaired = 0  # documents
         self.duplicates = {"exact_duplicate": 0, "near_duplicate": 0}
-        self.clusters: set[int] = set()  # ids of kept documents that had duplicates removed
         self.cluster_examples: dict[int, dict] = {}
 
     def where(self, source: int, ordinal: int) -> str:
@@ -128,7 +131,6 @@ class CorpusReport:
     def duplicate(self, match: Match, kept_where: str, source: int, ordinal: int, start: str) -> None:
         self.removed[match.reason] += 1
         self.duplicates[match.reason] += 1
-        self.clusters.add(match.kept_id)
         example = self.cluster_examples.get(match.kept_id)
         if example is None and len(self.cluster_examples) < DUPLICATE_CLUSTER_EXAMPLES:
             example = self.cluster_examples[match.kept_id] = {"kept": kept_where, "removed": []}
@@ -153,7 +155,7 @@ def build_corpus(settings: CorpusSettings, run: RunDir) -> dict:
 
     with atomic_directory(run.corpus) as staging:
         writer = CorpusWriter(staging, shard_bytes=settings.shard_mb << 20)
-        assembler = _Assembler(settings, writer, report)
+        assembler = _Assembler(settings, writer, report, scratch=staging)
         results = ordered_map(
             process_chunk_in_worker,
             _chunks(reader),
@@ -172,6 +174,7 @@ def build_corpus(settings: CorpusSettings, run: RunDir) -> dict:
         finally:
             results.close()  # stops the worker pool at once if anything went wrong
             bar.close()
+            assembler.close()  # its scratch files must be gone before the staging directory is published
         for index, reason in reader.skipped.items():
             report.skip_file(reason, index)
         summary = writer.close()
@@ -191,15 +194,24 @@ def build_corpus(settings: CorpusSettings, run: RunDir) -> dict:
 class _Assembler:
     """The main-process side: sees every outcome in input order, deduplicates, splits, writes."""
 
-    def __init__(self, settings: CorpusSettings, writer: CorpusWriter, report: CorpusReport):
+    def __init__(self, settings: CorpusSettings, writer: CorpusWriter, report: CorpusReport, scratch: Path):
         self.val_fraction = settings.val_fraction
         self.writer = writer
         self.report = report
         self.dedup = None
+        self._scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=scratch))
         if settings.dedup != "off":
             near = settings.near_dup_threshold if settings.dedup == "near" else None
-            self.dedup = Deduplicator(near, settings.minhash_perms)
-        self._kept_where = RowStore(2, np.uint32)  # (source, ordinal) of each kept document, for examples
+            self.dedup = Deduplicator(near, settings.minhash_perms, directory=self._scratch)
+        # (source, ordinal) of each kept document, to name the original of a duplicate in examples.
+        self._kept_where = RowFile(self._scratch / "kept_where.u32", 2, np.uint32)
+
+    def close(self) -> None:
+        """Delete the scratch files (the duplicate index); the counts stay readable."""
+        if self.dedup is not None:
+            self.dedup.close()
+        self._kept_where.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def add(self, location: tuple[int, int, int], outcome: Kept | Removed) -> None:
         source, ordinal, size = location
@@ -307,7 +319,7 @@ def _manifest(settings, sources, reader, report, summary, dedup, seconds) -> dic
     duplicates = {
         "exact": {"removed": report.duplicates["exact_duplicate"]},
         "near": {"removed": report.duplicates["near_duplicate"]},
-        "clusters": len(report.clusters),
+        "clusters": dedup.clusters if dedup is not None else 0,
         "examples": list(report.cluster_examples.values()),
     }
     if dedup is not None and dedup.lsh_bands:
