@@ -62,13 +62,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    with sigint_blocked():  # the threads that importing the command starts (torch's) leave Ctrl-C to us
-        parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        sys.exit(2)
     try:
+        # The threads that importing the command starts (torch's) leave Ctrl-C to the main thread;
+        # one pressed meanwhile arrives when the block ends, as "interrupted" below.
+        with sigint_blocked():
+            parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            sys.exit(2)
         status = args._run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
