@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from conftest import torch_threads
 
 from ownllm.chat.persona import Persona
 from ownllm.chat.template import IGNORE_INDEX, ChatTemplate
@@ -124,12 +125,8 @@ def _build(root: Path, steps: int) -> Path:
     torch.manual_seed(0)
     model = Transformer(model_config)
     precision = Precision(torch.device("cpu"), torch.float32, peak_flops=1e11, peak_source="test fixture")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         Trainer(stage="sft", run=RunDir.open(root), config=config, model=model, loader=loader, precision=precision,
                 hooks=Hooks(checkpoint_state={"tokenizer_hash": tokenizer_hash(root / "tokenizer"),
                                               "persona": PERSONA.to_dict()})).fit()
-    finally:
-        torch.set_num_threads(threads)
     return root

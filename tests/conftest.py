@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,15 +32,24 @@ def ownllm():
     return run_ownllm
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the machine running the tests is shared."""
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with PyTorch on n threads, then restore the count."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the machine running the tests is shared."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
-from conftest import REPO
+from conftest import REPO, torch_threads
 from server_fixtures import live_server
 
 from ownllm.cli import main
@@ -37,13 +36,8 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with live_server(run_dir, ServerSettings(api_key=KEY, max_slots=4, max_queue=8)) as live:
-            yield live
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), live_server(run_dir, ServerSettings(api_key=KEY, max_slots=4, max_queue=8)) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

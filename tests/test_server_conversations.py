@@ -18,9 +18,8 @@ import time
 
 import httpx
 import pytest
-import torch
 from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
-from conftest import REPO
+from conftest import REPO, torch_threads
 from server_fixtures import live_server
 
 from ownllm.assistant.store import Store
@@ -41,14 +40,9 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        settings = ServerSettings(api_key=KEY, max_slots=2, max_queue=2, max_message_chars=5000)
-        with live_server(run_dir, settings) as live:
-            yield live
-    finally:
-        torch.set_num_threads(threads)
+    settings = ServerSettings(api_key=KEY, max_slots=2, max_queue=2, max_message_chars=5000)
+    with torch_threads(1), live_server(run_dir, settings) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -385,19 +379,15 @@ def test_sigkill_mid_reply_keeps_finished_messages_and_marks_the_reply_interrupt
             process.kill()
             process.wait()
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # the restarted server: the same app, here in a thread (a second process start costs seconds)
-        with live_server(run_dir, ServerSettings()) as restarted, \
-                httpx.Client(base_url=f"{restarted.url}/api", timeout=60) as api:
-            after = messages(api, conversation)
-            assert after[:4] == finished, "every finished message is there, unchanged"
-            assert [m["role"] for m in after[4:]] == ["user", "assistant"]
-            assert after[4]["content"] == SONG_REQUEST and after[4]["status"] == "complete"
-            reply = after[5]
-            assert reply["id"] == reply_id and reply["status"] == "interrupted"
-            assert reply["content"].startswith(saved[reply_id]["content"]) and reply["content"].startswith("la")
-            stream = say(api, conversation, GREETING, max_tokens=8)  # the conversation goes on
-            assert stream[-1][0] == "done"
-    finally:
-        torch.set_num_threads(threads)
+    # The restarted server: the same app, here in a thread (a second process start costs seconds).
+    with torch_threads(1), live_server(run_dir, ServerSettings()) as restarted, \
+            httpx.Client(base_url=f"{restarted.url}/api", timeout=60) as api:
+        after = messages(api, conversation)
+        assert after[:4] == finished, "every finished message is there, unchanged"
+        assert [m["role"] for m in after[4:]] == ["user", "assistant"]
+        assert after[4]["content"] == SONG_REQUEST and after[4]["status"] == "complete"
+        reply = after[5]
+        assert reply["id"] == reply_id and reply["status"] == "interrupted"
+        assert reply["content"].startswith(saved[reply_id]["content"]) and reply["content"].startswith("la")
+        stream = say(api, conversation, GREETING, max_tokens=8)  # the conversation goes on
+        assert stream[-1][0] == "done"

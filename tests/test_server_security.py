@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 from chat_fixtures import GREETING, SONG_REQUEST, tiny_chat_run
+from conftest import torch_threads
 from server_fixtures import live_server
 
 from ownllm.server.settings import ServerSettings
@@ -35,13 +35,8 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with live_server(run_dir, LIMITS) as live:
-            yield live
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), live_server(run_dir, LIMITS) as live:
+        yield live
 
 
 def user(content="hi"):
