@@ -23,12 +23,11 @@ from ownllm.chat.sft_data import (
     load_mixture,
 )
 from ownllm.chat.template import IGNORE_INDEX
-from ownllm.cli import main
 from ownllm.errors import UserError
 from ownllm.run import RunDir
 from ownllm.tokenizer import Tokenizer
 from ownllm.train.checkpoint import latest_checkpoint, read_state
-from test_train_helpers import bpe_run, metrics
+from test_train_helpers import bpe_run, metrics, ownllm_here
 
 NO_BUNDLED = ["bundled.oasst=0", "bundled.dolly=0", "bundled.chatterbot=0"]
 
@@ -62,18 +61,6 @@ def pretrained_run(tokenizer_run, tmp_path_factory):
                               "--set", "sample_every=0")
     assert status == 0, err
     return run
-
-
-def ownllm_here(capsys, *args) -> tuple[int, str]:
-    """`ownllm ARGS` through the command-line entry point in this process: (exit status, stderr)."""
-    if capsys is not None:
-        capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    return status, capsys.readouterr().err if capsys is not None else ""
 
 
 def exchanges(n: int, words: int = 6) -> list[dict]:

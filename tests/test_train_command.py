@@ -19,8 +19,7 @@ import time
 import pytest
 
 from conftest import REPO, run_ownllm
-from ownllm.cli import main
-from test_train_helpers import byte_level_run, metrics, step_losses
+from test_train_helpers import byte_level_run, metrics, ownllm_here, step_losses
 
 # A small model with gradient accumulation (2 micro-batches per step), about 20-50 ms a step.
 TRAIN = ["--preset", "tiny", "--set", "threads=1", "--set", "micro_batch=16", "--set", "batch_tokens=2048",
@@ -41,17 +40,6 @@ def start_ownllm(*args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0"}
     return subprocess.Popen([sys.executable, "-m", "ownllm", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def ownllm_here(capsys, *args) -> tuple[int, str]:
-    """Run `ownllm ARGS` through the command-line entry point in this process: (exit status, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    return status, capsys.readouterr().err
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:

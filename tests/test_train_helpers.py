@@ -13,10 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ownllm.cli import main
 from ownllm.data.token_shards import FORMAT, VERSION, TokenShardWriter, tokenizer_hash
 
 CORPUS = Path(__file__).resolve().parents[1] / "src" / "ownllm" / "resources" / "corpus"
 BYTE_EOT = 256
+
+
+def ownllm_here(capsys, *args) -> tuple[int, str]:
+    """`ownllm ARGS` through the command-line entry point in this process: (exit status, stderr)."""
+    if capsys is not None:
+        capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    return status, capsys.readouterr().err if capsys is not None else ""
 
 
 def story_documents(limit_bytes: int, skip_bytes: int = 0) -> list[str]:
