@@ -221,7 +221,7 @@ def test_a_client_that_goes_away_frees_its_slot(server):
         for _ in range(3):
             next(lines)
         assert engine.stats()["active"] == 1
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while (engine.stats()["active"] or server.app.state.gate.in_flight) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.stats()["active"] == 0 and server.app.state.gate.in_flight == 0

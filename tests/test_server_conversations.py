@@ -297,7 +297,7 @@ def test_a_client_that_goes_away_stops_the_reply_and_leaves_it_interrupted(api, 
                 seen += json.loads(block.split("data: ", 1)[1])["text"]
             if seen.count("la") >= 5:
                 break  # closing the response closes the connection
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while messages(api, conversation)[-1]["status"] == "streaming":
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -247,7 +247,7 @@ def test_held_out_batches_hold_each_conversation_once_padded_to_their_longest():
 
 # ---- the command ---------------------------------------------------------------------------------
 
-SFT = ["--preset", "tiny", "--set", "threads=1", "--set", "sft.generated=160", "--set", "sft.bundled.oasst=0",
+SFT = ["--preset", "tiny", "--set", "threads=1", "--set", "dtype=fp32", "--set", "sft.generated=160", "--set", "sft.bundled.oasst=0",
        "--set", "sft.bundled.dolly=0", "--set", "sft.bundled.chatterbot=16", "--set", "sft.held_out=0.1"]
 
 

@@ -22,7 +22,7 @@ from conftest import REPO, run_ownllm
 from test_train_helpers import byte_level_run, metrics, ownllm_here, step_losses
 
 # A small model with gradient accumulation (2 micro-batches per step), about 20-50 ms a step.
-TRAIN = ["--preset", "tiny", "--set", "threads=1", "--set", "micro_batch=16", "--set", "batch_tokens=2048",
+TRAIN = ["--preset", "tiny", "--set", "threads=1", "--set", "dtype=fp32", "--set", "micro_batch=16", "--set", "batch_tokens=2048",
          "--set", "eval_every=20", "--set", "eval_tokens=1024"]
 
 

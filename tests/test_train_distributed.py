@@ -45,7 +45,7 @@ from test_train_helpers import byte_level_run, metrics, step_losses
 
 TOLERANCE = 1e-5
 STEPS = 20
-SETTINGS = ["--preset", "tiny", "--set", "threads=1", "--set", "batch_tokens=1024", "--set", "micro_batch=4",
+SETTINGS = ["--preset", "tiny", "--set", "threads=1", "--set", "dtype=fp32", "--set", "batch_tokens=1024", "--set", "micro_batch=4",
             "--set", f"steps={STEPS}", "--set", "checkpoint_every=5", "--set", "eval_every=10",
             "--set", "eval_tokens=1024"]
 

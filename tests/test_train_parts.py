@@ -13,11 +13,28 @@ from ownllm.errors import UserError
 from ownllm.eval.bpb import bits_per_byte, perplexity
 from ownllm.model import ModelConfig, Transformer
 from ownllm.train import checkpoint
+from ownllm.train import device
 from ownllm.train.config import PRESETS, load_config, parse_duration
 from ownllm.train.loader import BatchLoader, TokenStream, eval_batches
 from ownllm.train.schedule import lr_at
 
 from test_train_helpers import byte_level_run
+
+# ---- precision on the CPU -------------------------------------------------------------------
+
+
+def test_cpu_precision_is_fp32_unless_asked_whatever_the_timings(monkeypatch):
+    """The choice may not depend on a measurement: a machine where bf16 products time 100x faster still trains in fp32."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "measure_matmul_flops",
+                        lambda _device, dtype, **_: 100e9 if dtype == torch.bfloat16 else 1e9)
+    for _ in range(3):
+        chosen = device.choose_precision(cpu, "auto", agree=lambda name: pytest.fail(f"asked the others about {name}"))
+        assert chosen.dtype == torch.float32 and "--set dtype=bf16" in chosen.describe()
+    assert device.choose_precision(cpu, "bf16").dtype == torch.bfloat16
+    with pytest.raises(UserError, match="fp16 training needs a CUDA GPU"):
+        device.choose_precision(cpu, "fp16")
+
 
 # ---- learning-rate schedule ------------------------------------------------------------------
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import socket
 import threading
 from pathlib import Path
+
+import uvicorn
 
 from ownllm.cli import add_run_argument
 from ownllm.console import say
@@ -49,8 +52,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ownllm.assistant.session import chosen_stage
     from ownllm.run import RunDir
     from ownllm.server.app import create_app
@@ -63,14 +64,34 @@ def run(args: argparse.Namespace) -> int:
     sock = _bind(settings.host, settings.port)
     settings = dataclasses.replace(settings, port=sock.getsockname()[1], stage=stage)
     app = create_app(run_dir.root, settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=args.access_log,
-                                           timeout_graceful_shutdown=3))
+    server = _Server(uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=3))
     say(f"loading the {stage} model of {run_dir.root} ...")
     threading.Thread(target=_announce, args=(app, server, settings), name="ownllm-announce", daemon=True).start()
     server.run(sockets=[sock])
+    if server.interrupted:
+        raise KeyboardInterrupt  # after the graceful shutdown: "interrupted", exit status 130
     if app.state.load_error:
         raise UserError(f"the model could not be loaded: {app.state.load_error}")
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that Ctrl-C ends `ownllm serve` with status 130 every time.
+
+    uvicorn re-raises a caught SIGINT once it has shut down, but from inside asyncio.run, whose
+    own SIGINT handler turns it into a cancellation of the main task or a KeyboardInterrupt
+    depending on where the event loop is at that instant (seen: exit status 0 under load). We
+    keep SIGINT out of that re-raise and raise KeyboardInterrupt ourselves after run() returns.
+    SIGTERM is left to uvicorn: re-raised with its default action, it ends the process.
+    """
+
+    interrupted = False
+
+    def handle_exit(self, sig: int, frame) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGINT:
+            self.interrupted = True
+            self._captured_signals.remove(signal.SIGINT)  # uvicorn 0.54's list of signals to re-raise
 
 
 def _api_key(args: argparse.Namespace) -> str | None:

@@ -60,7 +60,7 @@ class TrainConfig:
     # Machine
     seed: int = 1337
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on CUDA if supported, else fp16; on CPU fp32 unless bf16 measures faster
+    dtype: str = "auto"  # auto: bf16 on CUDA if supported, else fp16; fp32 on CPU (bf16 only when asked)
     compile: bool = False  # torch.compile the model (slow start, faster steps)
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     threads: int = 0  # CPU threads for PyTorch; 0 keeps PyTorch's default
