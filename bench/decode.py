@@ -20,11 +20,17 @@ caches and memory bandwidth shared with them).
 
     .venv/bin/python bench/decode.py                      # random weights
     .venv/bin/python bench/decode.py --run runs/demo      # a trained checkpoint and its tokenizer
+    python bench/decode.py --device cuda --preset gpu-small --batches 1,8,64   # on a GPU, bf16
+
+On CUDA the engine is timed twice, decoding from CUDA graphs (its default) and plain (one
+PyTorch call per step), both against HF `generate()` on the same bf16 weights; the script
+also reports whether the two engines' greedy tokens are identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -42,7 +48,7 @@ from ownllm.model.hf_compat import hf_llama_config, to_hf_llama_state_dict  # no
 from ownllm.tokenizer import Tokenizer  # noqa: E402
 from ownllm.train.config import load_config  # noqa: E402
 
-PROMPT_TOKENS, LONG_PROMPT_TOKENS, BATCH = 16, 200, 8
+PROMPT_TOKENS, LONG_PROMPT_TOKENS = 16, 200
 
 
 def synthetic_tokenizer(vocab_size: int) -> Tokenizer:
@@ -52,21 +58,32 @@ def synthetic_tokenizer(vocab_size: int) -> Tokenizer:
     return Tokenizer(merges)
 
 
-def build(args) -> tuple[Engine, torch.nn.Module]:
+def build(args) -> tuple[dict[str, Engine], torch.nn.Module]:
+    """The engine(s) to time, by name, and HF's model with the same weights, dtype and device."""
+    slots = max(args.batches)
     if args.run:
-        engine = Engine.load(args.run, device="cpu", max_slots=BATCH, stop_ids=frozenset())
+        engine = Engine.load(args.run, device=args.device, max_slots=slots, stop_ids=frozenset(), decode=args.decode)
     else:
-        config = load_config("cpu").model
+        config = load_config(args.preset).model
         config.vocab_size = args.vocab
         torch.manual_seed(0)
-        engine = Engine(Transformer(config).eval(), synthetic_tokenizer(args.vocab), max_slots=BATCH,
-                        stop_ids=frozenset())
+        model = Transformer(config).eval().to(args.device)
+        if args.device == "cuda" and torch.cuda.is_bf16_supported():
+            for p in model.parameters():  # as Engine.load: the weights only, the rotary table keeps its precision
+                p.data = p.data.to(torch.bfloat16)
+        engine = Engine(model, synthetic_tokenizer(args.vocab), max_slots=slots, stop_ids=frozenset(),
+                        decode=args.decode)
+    engines = {"ownllm": engine}
+    if engine.decode != "plain":
+        engines = {f"ownllm ({engine.decode})": engine,
+                   "ownllm (plain)": Engine(engine.model, engine.tokenizer, max_slots=slots, stop_ids=frozenset(),
+                                            decode="plain")}
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = engine.model.config
     hf = LlamaForCausalLM(LlamaConfig(**hf_llama_config(config), attn_implementation="sdpa")).eval()
     hf.load_state_dict(to_hf_llama_state_dict(engine.model.state_dict(), config), strict=not config.tie_embeddings)
-    return engine, hf
+    return engines, hf.to(device=engine.device, dtype=engine.dtype)
 
 
 def main() -> None:
@@ -77,33 +94,53 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decode measurement")
     parser.add_argument("--sample", action="store_true", help="temperature 0.8, top-k 50 instead of greedy")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--preset", default="cpu", help="the random model's shape (default: %(default)s)")
+    parser.add_argument("--batches", default="1,8", help="decode batch sizes (default: %(default)s)")
+    parser.add_argument("--decode", default="auto", choices=("auto", "plain", "static", "graphs"),
+                        help="the engine's decode mode (auto: CUDA graphs on a GPU); a plain engine is timed beside it")
+    parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
 
     torch.set_num_threads(args.threads)
-    engine, hf = build(args)
+    engines, hf = build(args)
+    engine = next(iter(engines.values()))
+    device = engine.device
     config = engine.model.config
     n_new = min(args.new_tokens, config.max_seq_len - PROMPT_TOKENS)
     vocab = engine.tokenizer.vocab_size
     g = torch.Generator().manual_seed(1)
-    short = torch.randint(0, vocab - 16, (BATCH, PROMPT_TOKENS), generator=g)
+    short = torch.randint(0, vocab - 16, (max(args.batches), PROMPT_TOKENS), generator=g)
     long = torch.randint(0, vocab - 16, (1, LONG_PROMPT_TOKENS), generator=g)
     sampling = {"temperature": 0.8, "top_k": 50} if args.sample else {"temperature": 0.0}
     hf_sampling = {"do_sample": True, "temperature": 0.8, "top_k": 50} if args.sample else {"do_sample": False}
 
-    def ours(prompts: torch.Tensor, new: int) -> list[list[int]]:
-        params = SamplingParams(max_tokens=new, seed=0, **sampling)
-        return [c.ids for c in engine.generate_batch(prompts.tolist(), params)]
+    def ours_with(chosen: Engine):
+        def ours(prompts: torch.Tensor, new: int) -> list[list[int]]:
+            params = SamplingParams(max_tokens=new, seed=0, **sampling)
+            return [c.ids for c in chosen.generate_batch(prompts.tolist(), params)]
+        return ours
 
     def theirs(prompts: torch.Tensor, new: int) -> list[list[int]]:
+        prompts = prompts.to(device)
         with torch.inference_mode():
             out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new,
                               min_new_tokens=new, eos_token_id=None, pad_token_id=0, use_cache=True, top_p=None,
                               **hf_sampling)
         return out[:, prompts.shape[1]:].tolist()
 
+    contenders = {name: ours_with(e) for name, e in engines.items()} | {"HF": theirs}
+    agreement = {}
     if not args.sample:  # same function, same greedy tokens (a near-tie may flip late; the start must agree)
-        a, b = ours(short[:2], 24), theirs(short[:2], 24)
-        assert [x[:8] for x in a] == [x[:8] for x in b], f"ours {a} vs HF {b}: the models differ"
+        a, b = contenders[next(iter(engines))](short[:2], 24), theirs(short[:2], 24)
+        agreement["first 8 tokens, ours vs HF"] = [x[:8] for x in a] == [x[:8] for x in b]
+        if engine.dtype == torch.float32:
+            assert agreement["first 8 tokens, ours vs HF"], f"ours {a} vs HF {b}: the models differ"
+        if len(engines) > 1:
+            runs = [contenders[name](short, n_new) for name in engines]
+            agreement[f"{engine.decode} vs plain, greedy, identical sequences"] = \
+                f"{sum(x == y for x, y in zip(*runs))} of {len(runs[0])}"
 
     matrices = [p for name, p in engine.model.named_parameters() if p.dim() == 2 and name != "embed.weight"]
     if engine.model.lm_head is None:
@@ -111,28 +148,30 @@ def main() -> None:
 
     def floor(prompts: torch.Tensor, new: int) -> None:
         """Only the weight matrix products of `new` single-token steps: what no engine can skip at batch 1."""
-        inputs = {w.shape[1]: torch.randn(1, 1, w.shape[1]) for w in matrices}
+        inputs = {w.shape[1]: torch.randn(1, 1, w.shape[1], device=device, dtype=w.dtype) for w in matrices}
         with torch.inference_mode():
             for _ in range(new):
                 for w in matrices:
                     torch.nn.functional.linear(inputs[w.shape[1]], w)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    scenarios = {
-        "decode b1": (short[:1], n_new, n_new),
-        f"decode b{BATCH}": (short, n_new, BATCH * n_new),
-        "prefill": (long, 1, LONG_PROMPT_TOKENS),
-    }
-    contenders = {"ownllm": ours, "HF": theirs}
+    scenarios = {f"decode b{b}": (short[:b], n_new, b * n_new) for b in args.batches}
+    scenarios["prefill"] = (long, 1, LONG_PROMPT_TOKENS)
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
+    where = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}, "
           f"{args.threads} threads; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"model: {config.n_layers} layers x {config.d_model}, {config.n_heads} heads, vocab {config.vocab_size}, "
           f"{engine.model.num_params():,} parameters, {'weights of ' + str(args.run) if args.run else 'random weights'}, "
-          f"fp32; {'sampling (T=0.8, top-k 50)' if args.sample else 'greedy'}; {n_new} new tokens per decode")
-    for name, fn in contenders.items():  # warm-up
+          f"{str(engine.dtype).removeprefix('torch.')}; {'sampling (T=0.8, top-k 50)' if args.sample else 'greedy'}; "
+          f"{n_new} new tokens per decode")
+    for what, agreed in agreement.items():
+        print(f"{what}: {agreed}")
+    for name, fn in contenders.items():  # warm-up (and, for the graphs, the captures this bench needs)
         for prompts, new, _ in scenarios.values():
-            fn(prompts, min(new, 8))
+            fn(prompts, new)
 
     rates = {(s, c): [] for s in scenarios for c in contenders}
     cpu_rates = {(s, c): [] for s in scenarios for c in contenders}
@@ -149,31 +188,43 @@ def main() -> None:
                 cpu_rates[scenario, name].append(tokens / (time.process_time() - cpu_start))
                 if scenario == "prefill":
                     ttft[name].append(seconds)
-            if scenario == "decode b1":
+            if scenario == "decode b1" and "decode b1" in scenarios:
                 start, cpu_start = time.perf_counter(), time.process_time()
                 floor(prompts, new)
                 floor_rates.append((tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu_start)))
         print(f"round {r + 1}: " + "; ".join(
             f"{s} " + " / ".join(f"{rates[s, c][-1]:,.0f}" for c in contenders) for s in scenarios), flush=True)
 
+    results = {"agreement": agreement}
     for clock, table in (("wall-clock", rates), ("CPU-time", cpu_rates)):
-        print(f"\n{clock + ' tok/s':<20}{'ownllm median':>14}{'best':>9}{'HF median':>12}{'best':>9}"
-              f"{'ratio (median of rounds)':>27}")
-        for s in scenarios:
-            mine, hfs = table[s, "ownllm"], table[s, "HF"]
-            paired = [x / y for x, y in zip(mine, hfs)]
-            print(f"{s:<20}{statistics.median(mine):>14,.0f}{max(mine):>9,.0f}{statistics.median(hfs):>12,.0f}"
-                  f"{max(hfs):>9,.0f}{statistics.median(paired):>14.2f}x (range {min(paired):.2f}-{max(paired):.2f})")
-    wall_floor = statistics.median(w for w, _ in floor_rates)
-    cpu_floor = statistics.median(c for _, c in floor_rates)
-    print(f"\nfloor at batch 1 (the {len(matrices)} weight matrix-vector products per token, nothing else): "
-          f"{wall_floor:,.0f} tok/s wall, {cpu_floor:,.0f} tok/s CPU time; an engine with no other cost would be "
-          f"{wall_floor / statistics.median(rates['decode b1', 'HF']):.2f}x (wall) / "
-          f"{cpu_floor / statistics.median(cpu_rates['decode b1', 'HF']):.2f}x (CPU) HF's median here")
-    print(f"time to first token, {LONG_PROMPT_TOKENS}-token prompt: ownllm {statistics.median(ttft['ownllm']) * 1e3:.1f} ms "
-          f"(best {min(ttft['ownllm']) * 1e3:.1f}), HF {statistics.median(ttft['HF']) * 1e3:.1f} ms "
-          f"(best {min(ttft['HF']) * 1e3:.1f}); load average at end {os.getloadavg()[0]:.2f}")
-    engine.close()
+        for name in engines:
+            print(f"\n{clock + ' tok/s':<20}{name + ' median':>22}{'best':>9}{'HF median':>12}{'best':>9}"
+                  f"{'ratio (median of rounds)':>27}")
+            for s in scenarios:
+                mine, hfs = table[s, name], table[s, "HF"]
+                paired = [x / y for x, y in zip(mine, hfs)]
+                print(f"{s:<20}{statistics.median(mine):>22,.0f}{max(mine):>9,.0f}{statistics.median(hfs):>12,.0f}"
+                      f"{max(hfs):>9,.0f}{statistics.median(paired):>14.2f}x (range {min(paired):.2f}-{max(paired):.2f})")
+                results[f"{clock} {s} {name}"] = {"tok_s": statistics.median(mine), "hf_tok_s": statistics.median(hfs),
+                                                  "ratio": statistics.median(paired)}
+    if floor_rates:
+        wall_floor = statistics.median(w for w, _ in floor_rates)
+        cpu_floor = statistics.median(c for _, c in floor_rates)
+        print(f"\nfloor at batch 1 (the {len(matrices)} weight matrix-vector products per token, nothing else): "
+              f"{wall_floor:,.0f} tok/s wall, {cpu_floor:,.0f} tok/s CPU time; an engine with no other cost would be "
+              f"{wall_floor / statistics.median(rates['decode b1', 'HF']):.2f}x (wall) / "
+              f"{cpu_floor / statistics.median(cpu_rates['decode b1', 'HF']):.2f}x (CPU) HF's median here")
+    print(f"time to first token, {LONG_PROMPT_TOKENS}-token prompt: " + ", ".join(
+        f"{name} {statistics.median(ttft[name]) * 1e3:.1f} ms (best {min(ttft[name]) * 1e3:.1f})" for name in contenders)
+        + f"; load average at end {os.getloadavg()[0]:.2f}")
+    results["ttft_ms"] = {name: statistics.median(ttft[name]) * 1e3 for name in contenders}
+    if device.type == "cuda":
+        captured = [e._static.captured() for e in engines.values() if e._static is not None and e._static.graphs]
+        print(f"CUDA graphs captured (rows, key span): {captured}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    for e in engines.values():
+        e.close()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ less than the wall clock.
 
     .venv/bin/python bench/serve.py                        # random weights, 1/4/16 clients, 3 rounds
     .venv/bin/python bench/serve.py --run runs/demo --rounds 5 --max-tokens 128
+    python bench/serve.py --device cuda --preset gpu-small --clients 1,4,16,64 --rounds 2
 """
 
 from __future__ import annotations
@@ -62,14 +63,18 @@ def serve_child(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     slots = max(args.clients)
     if args.run:
-        engine = Engine.load(args.run, device="cpu", max_slots=slots, max_queue=slots, stop_ids=frozenset())
+        engine = Engine.load(args.run, device=args.device, max_slots=slots, max_queue=slots, stop_ids=frozenset())
     else:
-        config = load_config("cpu").model
+        config = load_config(args.preset).model
         config.vocab_size = 8192
         torch.manual_seed(0)
         pairs = ((bytes([a]), bytes([b])) for a in range(256) for b in range(256))
         tokenizer = Tokenizer([next(pairs) for _ in range(config.vocab_size - 256 - 16)])
-        engine = Engine(Transformer(config).eval(), tokenizer, max_slots=slots, max_queue=slots, stop_ids=frozenset())
+        model = Transformer(config).eval().to(args.device)
+        if args.device == "cuda" and torch.cuda.is_bf16_supported():
+            for p in model.parameters():  # as Engine.load: the weights only
+                p.data = p.data.to(torch.bfloat16)
+        engine = Engine(model, tokenizer, max_slots=slots, max_queue=slots, stop_ids=frozenset())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -166,6 +171,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of the server (default: torch's)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's (default: %(default)s)")
+    parser.add_argument("--preset", default="cpu", help="the random model's shape (default: %(default)s)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -174,7 +181,8 @@ def main() -> None:
         return
 
     command = [sys.executable, __file__, "--serve", "--clients", ",".join(map(str, args.clients)),
-               "--max-tokens", str(args.max_tokens), "--threads", str(args.threads)]
+               "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--device", args.device,
+               "--preset", args.preset]
     if args.run:
         command += ["--run", str(args.run)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -194,11 +202,11 @@ def main() -> None:
         child.terminate()
         child.wait(timeout=30)
 
-    model = f"run {args.run}" if args.run else "cpu preset shape, random weights, vocab 8192"
+    model = f"run {args.run}" if args.run else f"{args.preset} preset shape, random weights, vocab 8192"
     print(f"model: {model}; {args.max_tokens} tokens per request at temperature {args.temperature}, "
           f"{args.requests} requests per client per round, {args.rounds} rounds; "
           f"server torch threads: {args.threads or 'default'}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, server on {args.device}; "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     base = args.clients[0]
     print(f"{'clients':>8} {'tok/s median':>13} {'best':>8} {'per client':>11} {'TTFT median':>12} "

@@ -17,6 +17,10 @@ Sampling per request (inference/sampling.py): temperature (0 = greedy), top_k (0
 the request's own torch.Generator: the same seed gives the same text whatever else is in the
 batch, and the global random state is never touched.
 
+Decoding on CUDA replays each step from a CUDA graph (inference/graphed_decode.py): at batch 1
+a small model is otherwise bound by kernel launches, not by the GPU. `decode="plain"` turns
+that off; on a CPU every step runs as plain PyTorch.
+
 A generation ends on a stop token (the engine's defaults, <|endoftext|> unless told otherwise,
 plus params.stop_ids), a stop string (params.stop: not part of the output, and text that could
 begin one is held back until it is known not to; inference/detokenize.py), max_tokens, or a
@@ -42,12 +46,14 @@ import torch
 
 from ownllm.errors import StaleArtifactError, UserError
 from ownllm.inference.detokenize import Detokenizer
+from ownllm.inference.graphed_decode import StaticDecoder
 from ownllm.inference.sampling import RowSampler, pick_tokens
 from ownllm.interrupts import sigint_blocked
 from ownllm.model.kv_cache import KVCache
 from ownllm.tokenizer import Tokenizer
 
 FINISH_REASONS = ("stop", "length", "cancelled")
+DECODE_MODES = ("auto", "plain", "static", "graphs")  # auto: graphs on CUDA, plain elsewhere
 
 
 class EngineBusy(UserError):
@@ -143,8 +149,14 @@ class _Request:
 
 class Engine:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, *, max_slots: int = 8, max_queue: int = 64,
-                 stop_ids: frozenset[int] | None = None):
-        """model in eval mode on its device; stop_ids: default stop tokens (None: {tokenizer.eot_id})."""
+                 stop_ids: frozenset[int] | None = None, decode: str = "auto"):
+        """model in eval mode on its device; stop_ids: default stop tokens (None: {tokenizer.eot_id}).
+
+        decode: "graphs" (CUDA graphs), "plain" (one PyTorch call per step), "static" (the graphs'
+        fixed-shape step without capture, for tests), or "auto" (graphs on CUDA, else plain).
+        """
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode={decode!r}; expected one of {DECODE_MODES}")
         if model.config.vocab_size < tokenizer.vocab_size:
             raise UserError(f"the model has {model.config.vocab_size} output tokens but the tokenizer "
                             f"{tokenizer.vocab_size}; use the tokenizer the model was trained with")
@@ -155,6 +167,10 @@ class Engine:
         self.stop_ids = frozenset({tokenizer.eot_id} if stop_ids is None else stop_ids)
         weight = next(model.parameters())
         self.device, self.dtype = weight.device, weight.dtype
+        if decode == "auto":
+            decode = "graphs" if self.device.type == "cuda" else "plain"
+        self.decode = decode
+        self._static: StaticDecoder | None = None  # the scheduler's, with the cache, for decode != "plain"
         self._vocab = tokenizer.vocab_size  # logits past the tokenizer's vocabulary (padding) are never sampled
         self._cache: KVCache | None = None  # allocated by the scheduler thread on first use
         self._lock = threading.Lock()
@@ -316,6 +332,8 @@ class Engine:
             with torch.inference_mode():
                 if self._cache is None:
                     self._cache = KVCache(self.model.config, self.max_slots, device=self.device, dtype=self.dtype)
+                    if self.decode != "plain":
+                        self._static = StaticDecoder(self.model, self._cache, self._vocab, self.decode == "graphs")
                 while True:
                     new = self._admit()
                     if new is None:
@@ -364,9 +382,12 @@ class Engine:
         """One token for every active sequence: one forward of shape (active, 1)."""
         rows = list(self._active)
         try:
-            ids = torch.tensor([r.last for r in rows], device=self.device).view(-1, 1)
-            view = self._cache.view([r.slot for r in rows], [r.length for r in rows], 1)
-            logits = self.model(ids, cache=view, last_only=True)[:, 0, : self._vocab]
+            if self._static is not None:
+                logits = self._static([r.slot for r in rows], [r.length for r in rows], [r.last for r in rows])
+            else:
+                ids = torch.tensor([r.last for r in rows], device=self.device).view(-1, 1)
+                view = self._cache.view([r.slot for r in rows], [r.length for r in rows], 1)
+                logits = self.model(ids, cache=view, last_only=True)[:, 0, : self._vocab]
             tokens = pick_tokens(logits, [r.sampler for r in rows])
             for request, token in zip(rows, tokens):
                 request.length += 1
