@@ -5,7 +5,7 @@ RUN    ?= runs/demo
 VOCAB  ?= 8192
 STAMP  := $(VENV)/.ownllm-setup
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ bench: setup
 	$(PY) bench/tokenizer.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/corpus.py
+
+## On a machine with an NVIDIA GPU and PyTorch (no network needed): the GPU tests and benchmarks, about
+## 5 minutes; the training data is made first anywhere with `scripts/gpu_check.sh --prepare`.
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -16,6 +16,7 @@ a Chrome trace, go to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import shutil
@@ -29,7 +30,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ownllm.cli import main as ownllm  # noqa: E402
+from ownllm.model import layers  # noqa: E402
 from ownllm.train.trainer import Trainer  # noqa: E402
+
+
+def previous_rotate_real(pairs: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """The compiled rotary before 2026-12-04 (unbind, then stack), for a same-run comparison."""
+    a, b = pairs.unbind(-1)
+    cos, sin = rotation.unbind(-1)
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+
+class PreviousRotary:
+    def __enter__(self):
+        self.current, layers._rotate_real = layers._rotate_real, previous_rotate_real
+
+    def __exit__(self, *exc):
+        layers._rotate_real = self.current
 
 
 def measured_bf16_peak(size: int = 8192, reps: int = 10) -> float:
@@ -128,6 +145,8 @@ def main() -> None:
     parser.add_argument("--compiled-seconds", type=float, default=90, help="time budget of the compiled run")
     parser.add_argument("--eager-seconds", type=float, default=30, help="time budget of the eager run")
     parser.add_argument("--profile-step", type=int, default=12, help="the compiled run's step to profile (0: none)")
+    parser.add_argument("--previous-rotary-seconds", type=float, default=0,
+                        help="also time a compiled run with the previous rotary kernel for this long (0: no)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -141,11 +160,16 @@ def main() -> None:
           f"{peak / 1e12:.0f} TFLOP/s (the MFU denominator)", flush=True)
     profile = StepProfiler(args.profile_step, args.out) if args.profile_step else None
     results = {"gpu": name, "torch": torch.__version__, "bf16_peak_flops": peak, "preset": args.preset}
-    contenders = [("compiled", args.compiled_seconds, ["compile=true"], profile),
-                  ("eager", args.eager_seconds, ["compile=false"], None)]
-    for label, seconds, settings, prof in contenders:
+    contenders = [("compiled", args.compiled_seconds, ["compile=true"], profile, None),
+                  ("eager", args.eager_seconds, ["compile=false"], None, None)]
+    if args.previous_rotary_seconds:
+        contenders.append(("compiled, previous rotary", args.previous_rotary_seconds, ["compile=true"], None,
+                           PreviousRotary()))
+    for label, seconds, settings, prof, patch in contenders:
         try:
-            r = run_pretrain(args.run, work, label, args.preset, seconds, settings + args.overrides, prof)
+            with patch or contextlib.nullcontext():
+                r = run_pretrain(args.run, work, label.replace(", ", "-").replace(" ", "-"), args.preset, seconds,
+                                 settings + args.overrides, prof)
         except Exception as e:  # report and go on: the other contender's figures still count
             print(f"{label}: FAILED: {type(e).__name__}: {e}", flush=True)
             results[label] = {"error": f"{type(e).__name__}: {e}"}
@@ -160,6 +184,10 @@ def main() -> None:
     if "tok_per_s" in results.get("compiled", {}) and "tok_per_s" in results.get("eager", {}):
         results["compile_speedup"] = results["compiled"]["tok_per_s"] / results["eager"]["tok_per_s"]
         print(f"torch.compile speed-up over eager: {results['compile_speedup']:.2f}x", flush=True)
+    previous = results.get("compiled, previous rotary", {})
+    if "tok_per_s" in previous and "tok_per_s" in results.get("compiled", {}):
+        results["rotary_speedup"] = results["compiled"]["tok_per_s"] / previous["tok_per_s"]
+        print(f"compiled, this rotary over the previous one: {results['rotary_speedup']:.3f}x", flush=True)
     if profile is not None and profile.table:
         (args.out / "train_step_profile.txt").write_text(profile.table)
         print(f"profile of step {args.profile_step} (compiled), by GPU time:\n{profile.table}", flush=True)

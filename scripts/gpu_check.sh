@@ -14,7 +14,7 @@
 # (1, 4, 16, 64 streaming clients). The training data is RUN (default runs/gpu-check:
 # tokenizer + token shards of the bundled corpus, ~4 MB), made by --prepare; nothing is downloaded.
 # Python packages the GPU machine lacks can be put as wheels in WHEELS (default .whl/) and are
-# installed into a temporary folder first.
+# installed into a temporary folder first. STEPS="tests train decode serve" (the default) chooses steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +44,13 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
+STEPS=${STEPS:-tests train decode serve}
 failed=()
 # step NAME SECONDS COMMAND...: run it with a time limit, its output to OUT/NAME.log and the screen.
 step() {
     local name=$1 limit=$2
     shift 2
+    case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
     local start=$SECONDS
     echo "=== $name: $*" | tee -a "$FIGURES"
     timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
@@ -69,18 +71,18 @@ if [ ! -f "$RUN/tokens/meta.json" ]; then
 fi
 
 step tests 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rA -o addopts="" tests/test_train_gpu.py tests/test_graphed_decode.py
-grep -E "bf16 vs fp32|passed|failed|error" "$OUT/tests.log" | tail -5 >> "$FIGURES"
+grep -shE "bf16 vs fp32|passed|failed|error" "$OUT/tests.log" | tail -5 >> "$FIGURES"
 
-step train 200 "$PY" bench/gpu_train.py --run "$RUN" --out "$OUT" --compiled-seconds "${COMPILED_SECONDS:-80}" \
-    --eager-seconds "${EAGER_SECONDS:-25}"
-grep -vE "^\s*$" "$OUT/train.log" | grep -E "TFLOP|steps in|speed-up|FAILED" >> "$FIGURES"
+step train 260 "$PY" bench/gpu_train.py --run "$RUN" --out "$OUT" --compiled-seconds "${COMPILED_SECONDS:-80}" \
+    --eager-seconds "${EAGER_SECONDS:-25}" --previous-rotary-seconds "${PREVIOUS_ROTARY_SECONDS:-0}"
+grep -shE "TFLOP|steps in|speed-up|over the previous|FAILED" "$OUT/train.log" >> "$FIGURES"
 
 step decode 100 "$PY" bench/decode.py --device cuda --preset gpu-small --batches 1,8,64 --rounds 3 --new-tokens 128
-sed -n '/^model:/,$p' "$OUT/decode.log" >> "$FIGURES"
+[ -f "$OUT/decode.log" ] && sed -n '/^model:/,$p' "$OUT/decode.log" >> "$FIGURES"
 
 step serve 75 "$PY" bench/serve.py --device cuda --preset gpu-small --clients 1,4,16,64 --rounds 2 --requests 2 \
     --max-tokens 64
-sed -n '/^model:/,$p' "$OUT/serve.log" >> "$FIGURES"
+[ -f "$OUT/serve.log" ] && sed -n '/^model:/,$p' "$OUT/serve.log" >> "$FIGURES"
 
 echo "failed steps: ${failed[*]:-none}" | tee -a "$FIGURES"
 [ ${#failed[@]} -eq 0 ]

@@ -236,6 +236,21 @@ def test_fsdp_run_stops_on_a_sigterm_to_one_rank_and_its_checkpoint_continues_an
     assert_close_curves(step_losses(run), step_losses(runs["ddp"]))
 
 
+def test_fsdp_with_one_process_shards_and_follows_the_curve_of_plain_training(runs, tmp_path, capsys):
+    """torchrun --nproc_per_node 1 with fsdp=true shards for real (FSDP2 needs a process group, even of one);
+    without torchrun fsdp=true says it cannot shard and trains as usual."""
+    sharded = byte_level_run(tmp_path / "fsdp1")
+    status, stderr = finish(torchrun("pretrain", "--run", sharded, *SETTINGS, "--set", "fsdp=true", processes=1))
+    assert status == 0, stderr
+    start = next(r for r in metrics(sharded) if r.get("event") == "start")
+    assert (start["world"], start["parallel"]) == (1, "fsdp")
+    assert_close_curves(step_losses(sharded), step_losses(runs["single"]))
+    alone = byte_level_run(tmp_path / "alone")
+    assert in_this_process("pretrain", "--run", alone, *SETTINGS, "--set", "fsdp=true", "--set", "steps=2") == 0
+    assert "fsdp=true needs a start by torchrun" in capsys.readouterr().err
+    assert next(r for r in metrics(alone) if r.get("event") == "start")["parallel"] == "none"
+
+
 def test_a_batch_that_does_not_split_among_the_processes_is_refused():
     config = load_config("tiny", ["micro_batch=8"])  # 512 tokens = one micro-batch of 8 x 64
     assert config.accumulation(1) == 1

@@ -56,9 +56,11 @@ def _rotate_complex(pairs: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor
 
 
 def _rotate_real(pairs: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    a, b = pairs.unbind(-1)
+    """(a, b) -> (a cos - b sin, b cos + a sin), written as pairs * (cos, cos) + (b, a) * (-sin, sin):
+    plain element-wise work with no unbind/stack (which compiled to a pick by parity). On an H200
+    the fused rotary backward ran 11% faster, the whole step 1.008x (docs/benchmarks.md, GPU)."""
     cos, sin = rotation.unbind(-1)
-    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    return pairs * torch.stack((cos, cos), dim=-1) + pairs.flip(-1) * torch.stack((-sin, sin), dim=-1)
 
 
 class SwiGLU(nn.Module):

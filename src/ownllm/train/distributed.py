@@ -37,6 +37,7 @@ class Distributed:
     world: int = 1  # processes in the job
     local_rank: int = 0  # among the processes on this machine
     local_world: int = 1  # processes on this machine (they share its memory)
+    grouped: bool = False  # joined a process group (started by torchrun), even a group of one (FSDP needs one)
 
     @property
     def is_main(self) -> bool:
@@ -79,7 +80,7 @@ class Distributed:
             torch_dist.barrier()
 
     def close(self) -> None:
-        if self.active and torch_dist.is_initialized():
+        if self.grouped and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
 
     @property
@@ -97,9 +98,9 @@ class Distributed:
 
 
 def setup(device_name: str = "auto") -> Distributed:
-    """Read torchrun's environment, pick this process's device, join the process group when there are several."""
-    world = _env_int("WORLD_SIZE", 1)
-    if world <= 1:
+    """Read torchrun's environment, pick this process's device, join the process group (under torchrun only)."""
+    world = _env_int("WORLD_SIZE", 0)
+    if world < 1:  # not started by torchrun
         return Distributed(device=resolve_device(device_name))
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
@@ -115,7 +116,8 @@ def setup(device_name: str = "auto") -> Distributed:
         torch_dist.init_process_group("nccl", device_id=device)
     else:
         torch_dist.init_process_group("gloo")
-    return Distributed(device=device, rank=rank, world=world, local_rank=local_rank, local_world=local_world)
+    return Distributed(device=device, rank=rank, world=world, local_rank=local_rank, local_world=local_world,
+                       grouped=True)
 
 
 def _env_int(name: str, default: int) -> int:

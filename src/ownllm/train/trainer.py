@@ -88,7 +88,9 @@ class Trainer:
         self.grad_accum = config.accumulation(self.dist.world)
         self.n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.flops_per_token = model.flops_per_token(config.seq_len)
-        self.sharded = config.fsdp and self.dist.active
+        self.sharded = config.fsdp and self.dist.grouped  # FSDP2 needs a process group: torchrun, even with one process
+        if config.fsdp and not self.sharded and self.dist.is_main:
+            say("fsdp=true needs a start by torchrun (one process will do); training without sharding")
         self._check_memory()
         self.ddp = self._distribute(model)
         # Built after sharding: FSDP replaces each parameter by this process's shard of it.
@@ -113,8 +115,6 @@ class Trainer:
 
     def _distribute(self, model: torch.nn.Module) -> DistributedDataParallel | None:
         """DDP around the model, or FSDP2 shards of it in place (then None), or nothing for one process."""
-        if not self.dist.active:
-            return None
         if self.sharded:
             if self.precision.dtype == torch.float16:
                 raise UserError("fsdp=true with fp16 is not supported (each process's gradient scaler would decide "
@@ -124,6 +124,8 @@ class Trainer:
             for block in model.blocks:  # each block gathers its weights just before it runs, then frees them
                 fully_shard(block)
             fully_shard(model)
+            return None
+        if not self.dist.active:
             return None
         device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
