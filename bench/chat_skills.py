@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from ownllm.assistant.session import ChatSession
-from ownllm.chat.persona import Persona
-from ownllm.train.checkpoint import latest_checkpoint, read_state
+from ownllm.chatformat.persona import Persona
+from ownllm.run.checkpoints import latest_checkpoint, read_state
 
 
 def passes_name(text: str, tool_calls: list[str], name: str) -> bool:

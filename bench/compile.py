@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ownllm.model import Transformer  # noqa: E402
 from ownllm.model.kv_cache import KVCache  # noqa: E402
 from ownllm.train.config import load_config  # noqa: E402
-from ownllm.train.device import choose_precision, resolve_device  # noqa: E402
+from ownllm.core.device import choose_precision, resolve_device  # noqa: E402
 from ownllm.train.optim import build_optimizer  # noqa: E402
 
 

@@ -42,7 +42,7 @@ from corpus import SEPARATOR, generate, run_and_sample  # noqa: E402
 LOADER = """
 import json, resource, sys, time
 sys.path.insert(0, {src!r})
-from ownllm.data.token_shards import open_tokens
+from ownllm.run.token_shards import open_tokens
 from ownllm.train.loader import BatchLoader
 split = open_tokens({tokens!r}).split("train")
 loader = BatchLoader(split, seq_len=256, batch_size=16, seed=0)

@@ -47,7 +47,7 @@ def child(args) -> None:
 
     from ownllm.model import Transformer
     from ownllm.train.config import load_config
-    from ownllm.train.device import choose_precision, resolve_device
+    from ownllm.core.device import choose_precision, resolve_device
     from ownllm.train.memory import training_bytes
     from ownllm.train.optim import build_optimizer
 

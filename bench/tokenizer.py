@@ -21,7 +21,7 @@ from pathlib import Path
 
 import tiktoken
 
-from ownllm.data.corpus_shards import iter_documents, read_manifest
+from ownllm.run.corpus_shards import iter_documents, read_manifest
 from ownllm.tokenizer import SPECIAL_TOKENS, ReferenceEncoder, train_bpe
 from ownllm.tokenizer.patterns import PRESETS
 from ownllm.tokenizer.pretokenize import available_cpus, count_pieces

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from conftest import torch_threads
 
-from ownllm.chat.persona import Persona
-from ownllm.chat.template import IGNORE_INDEX, ChatTemplate
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.template import IGNORE_INDEX, ChatTemplate
 
 PERSONA = Persona()
 SYSTEM = PERSONA.system_prompt()
@@ -103,12 +103,12 @@ class ConversationBatches:
 def _build(root: Path, steps: int) -> Path:
     from test_train_helpers import story_documents
 
-    from ownllm.data.token_shards import tokenizer_hash
+    from ownllm.run.token_shards import tokenizer_hash
     from ownllm.model import ModelConfig, Transformer
     from ownllm.run import RunDir
     from ownllm.tokenizer import train_bpe
     from ownllm.train.config import TrainConfig
-    from ownllm.train.device import Precision
+    from ownllm.core.device import Precision
     from ownllm.train.trainer import Hooks, Trainer
 
     texts = story_documents(20_000) + [m["content"] for c in CONVERSATIONS for m in c]

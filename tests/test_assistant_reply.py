@@ -9,9 +9,9 @@ from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_A
 from test_train_helpers import story_documents
 
 from ownllm.assistant.reply import ContextOverflow, fit_to_context, reply
-from ownllm.chat.conversation import validate
-from ownllm.chat.template import ChatTemplate
-from ownllm.errors import UserError
+from ownllm.chatformat.conversation import validate
+from ownllm.chatformat.template import ChatTemplate
+from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine, SamplingParams
 from ownllm.tokenizer import train_bpe
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ownllm.chat.calculator import MAX_DEPTH, MAX_INPUT_CHARS, calculate, is_error
-from ownllm.chat.tools import format_tool_call, parse_tool_call, run_tool
+from ownllm.chatformat.calculator import MAX_DEPTH, MAX_INPUT_CHARS, calculate, is_error
+from ownllm.chatformat.tools import format_tool_call, parse_tool_call, run_tool
 
 
 @pytest.mark.parametrize(

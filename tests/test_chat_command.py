@@ -16,10 +16,10 @@ import pytest
 from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
 from conftest import REPO, run_ownllm
 
-from ownllm.assistant.chat_command import Repl, describe_tool_call
+from ownllm.commands.chat import Repl, describe_tool_call
 from ownllm.assistant.session import ChatSession, Settings
 from ownllm.cli import main
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 GREEDY = Settings(temperature=0)
 

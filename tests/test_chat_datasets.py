@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from ownllm.chat import Persona, bundled_sft_dir, detect_format, load_bundled, load_conversations, validate
-from ownllm.chat.report import MAX_REPORTED_PROBLEMS
-from ownllm.errors import UserError
+from ownllm.chatformat import Persona, bundled_sft_dir, detect_format, load_bundled, load_conversations, validate
+from ownllm.chatformat.report import MAX_REPORTED_PROBLEMS
+from ownllm.core.errors import UserError
 
 SFT = bundled_sft_dir()
 OASST = SFT / "oasst-en100-trees.jsonl"

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from ownllm.chat import GeneratedMix, Persona, calculate, generate_conversations, validate
-from ownllm.chat.generated import GENERATORS, KINDS, _Context
-from ownllm.chat.stories import TEMPLATE_ONLY, TOPICS, StoryIndex, split_stories, story_request
-from ownllm.errors import UserError
+from ownllm.chatformat import GeneratedMix, Persona, calculate, generate_conversations, validate
+from ownllm.chatformat.generated import GENERATORS, KINDS, _Context
+from ownllm.chatformat.stories import TEMPLATE_ONLY, TOPICS, StoryIndex, split_stories, story_request
+from ownllm.core.errors import UserError
 
 
 def kind_of(conversation) -> str:

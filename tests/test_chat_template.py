@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import CORPUS
 
-from ownllm.chat import ChatTemplate, InvalidConversation, validate
-from ownllm.chat.template import IGNORE_INDEX
-from ownllm.errors import UserError
+from ownllm.chatformat import ChatTemplate, InvalidConversation, validate
+from ownllm.chatformat.template import IGNORE_INDEX
+from ownllm.core.errors import UserError
 from ownllm.tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SYSTEM, TOOL_CALL, TOOL_RESULT, USER, train_bpe
 
 CALCULATOR_CHAT = [

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ownllm.cli import main
-from ownllm.data import corpus_shards
+from ownllm.run import corpus_shards
 from ownllm.data.cleaning import (
     _normalize_lines,
     clean_text,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ownllm.cli import main
-from ownllm.data import corpus_shards
+from ownllm.run import corpus_shards
 from ownllm.run import RunDir
 
 STORY_SPLIT = re.compile(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)")

@@ -24,7 +24,7 @@ from ownllm.data.sources import (
     resolve_inputs,
     split_documents,
 )
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 FILE = Boundary.parse("file")
 

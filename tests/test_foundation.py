@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from ownllm.data import corpus_shards, token_shards
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_directory, atomic_open, atomic_write_json
+from ownllm.run import corpus_shards, token_shards
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_directory, atomic_open, atomic_write_json
 from ownllm.run import RunDir
 
 from conftest import REPO
@@ -55,7 +55,7 @@ def test_sigkill_mid_write_leaves_previous_file_intact(tmp_path):
     target.write_bytes(b"old")
     writer = (
         "import sys, time\n"
-        "from ownllm.fsutil import atomic_open\n"
+        "from ownllm.core.fsutil import atomic_open\n"
         "with atomic_open(sys.argv[1]) as f:\n"
         "    f.write(b'x' * 1000); f.flush()\n"
         "    print('writing', flush=True)\n"

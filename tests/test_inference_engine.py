@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.inference.detokenize import Detokenizer
 from ownllm.inference.engine import Engine, EngineBusy, EngineError, SamplingParams
 from ownllm.inference.sampling import RowSampler, draw, filter_logits, penalize_repetitions, pick_tokens
 from ownllm.model import ModelConfig, Transformer
 from ownllm.tokenizer import Tokenizer
-from ownllm.train.checkpoint import save_checkpoint
+from ownllm.run.checkpoints import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -441,7 +441,7 @@ def test_concurrent_streams_from_four_threads(model, engine):
 
 
 def write_run(root, tokenizer: Tokenizer, stages=("pretrain",), tokenizer_hash=None):
-    from ownllm.data.token_shards import tokenizer_hash as hash_of
+    from ownllm.run.token_shards import tokenizer_hash as hash_of
 
     tokenizer.save(root / "tokenizer")
     for n, stage in enumerate(stages):

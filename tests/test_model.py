@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.model import ModelConfig, Transformer
 from ownllm.model.layers import _rotate_complex, _rotate_real, apply_rotary, rotary_tables
 from ownllm.model.loss import IGNORE_INDEX, linear_cross_entropy

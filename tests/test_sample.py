@@ -11,9 +11,9 @@ from ownllm.cli import main
 from ownllm.model import Transformer
 from ownllm.run import RunDir
 from ownllm.tokenizer import Tokenizer
-from ownllm.train.checkpoint import latest_checkpoint, load_model
+from ownllm.run.checkpoints import latest_checkpoint, load_model
 from ownllm.train.config import load_config
-from ownllm.train.pretrain_command import make_sampler
+from ownllm.commands.pretrain import make_sampler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,7 +22,7 @@ from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_A
 from conftest import REPO, torch_threads
 from server_fixtures import live_server
 
-from ownllm.assistant.store import Store
+from ownllm.server.store import Store
 from ownllm.server.security import owner_id
 from ownllm.server.settings import ServerSettings
 

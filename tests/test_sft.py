@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ownllm.chat import ChatTemplate, Persona
-from ownllm.chat.sft_data import (
+from ownllm.chatformat import ChatTemplate, Persona
+from ownllm.chatformat.sft_data import (
     Example,
     SFTLoader,
     SFTMixture,
@@ -22,11 +22,11 @@ from ownllm.chat.sft_data import (
     fit_example,
     load_mixture,
 )
-from ownllm.chat.template import IGNORE_INDEX
-from ownllm.errors import UserError
+from ownllm.chatformat.template import IGNORE_INDEX
+from ownllm.core.errors import UserError
 from ownllm.run import RunDir
 from ownllm.tokenizer import Tokenizer
-from ownllm.train.checkpoint import latest_checkpoint, read_state
+from ownllm.run.checkpoints import latest_checkpoint, read_state
 from test_train_helpers import bpe_run, metrics, ownllm_here
 
 NO_BUNDLED = ["bundled.oasst=0", "bundled.dolly=0", "bundled.chatterbot=0"]

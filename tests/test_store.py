@@ -8,15 +8,15 @@ import threading
 
 import pytest
 
-from ownllm.assistant.feedback_command import build_datasets
-from ownllm.assistant.store import (
+from ownllm.commands.feedback import build_datasets
+from ownllm.server.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     ConversationBusy,
     NothingToReplace,
     Store,
 )
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 
 @pytest.fixture
@@ -303,7 +303,7 @@ def test_feedback_export_command(tmp_path, ownllm):
     assert "1 thumbs up, 1 thumbs down" in result.stderr and "1 preference pairs" in result.stderr
     sft = [json.loads(line) for line in (run / "feedback" / "sft.jsonl").read_text().splitlines()]
     assert sft == [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
-    from ownllm.chat.datasets import load_conversations
+    from ownllm.chatformat.datasets import load_conversations
     assert load_conversations(run / "feedback" / "sft.jsonl").conversations == [sft[0]["messages"]]
     pairs = [json.loads(line) for line in (run / "feedback" / "preferences.jsonl").read_text().splitlines()]
     assert pairs == [{"prompt": [{"role": "user", "content": "hi"}],

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from ownllm.data.corpus_shards import iter_documents
-from ownllm.data.token_shards import open_tokens, tokenizer_hash
+from ownllm.run.corpus_shards import iter_documents
+from ownllm.run.token_shards import open_tokens, tokenizer_hash
 from ownllm.data.tokenize import tokenize_corpus
-from ownllm.errors import StaleArtifactError
-from ownllm.fsutil import atomic_directory
+from ownllm.core.errors import StaleArtifactError
+from ownllm.core.fsutil import atomic_directory
 from ownllm.run import RunDir
 from ownllm.tokenizer import ENDOFTEXT, Tokenizer, train_bpe
 from test_tokenizer_command import assert_one_line_error, cli, story_paragraphs, write_corpus

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ownllm.cli import main
-from ownllm.data.corpus_shards import FORMAT, VERSION, CorpusWriter, read_manifest
-from ownllm.fsutil import atomic_directory, atomic_write_json
+from ownllm.run.corpus_shards import FORMAT, VERSION, CorpusWriter, read_manifest
+from ownllm.core.fsutil import atomic_directory, atomic_write_json
 from ownllm.run import RunDir
 from ownllm.tokenizer import Tokenizer
 

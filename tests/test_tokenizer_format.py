@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.tokenizer import ENDOFTEXT, Tokenizer, train_bpe
 from ownllm.tokenizer.tokenizer import FILE_NAME, VERSION
 

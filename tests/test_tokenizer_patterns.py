@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import regex
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, freeze_pattern, resolve_pattern
 
 SOME_CHARACTERS = "".join(chr(c) for c in range(0, 0x110000, 41) if not 0xD800 <= c < 0xE000)

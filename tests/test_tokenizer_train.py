@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.tokenizer import ENDOFTEXT, SPECIAL_TOKENS, train_bpe
 from ownllm.tokenizer.patterns import GPT4_PATTERN
 from ownllm.tokenizer import pretokenize

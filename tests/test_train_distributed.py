@@ -36,8 +36,8 @@ import torch
 
 from conftest import REPO
 from ownllm.cli import main
-from ownllm.data.token_shards import open_tokens
-from ownllm.errors import UserError
+from ownllm.run.token_shards import open_tokens
+from ownllm.core.errors import UserError
 from ownllm.train import distributed
 from ownllm.train.config import load_config
 from ownllm.train.loader import BatchLoader
@@ -275,7 +275,7 @@ def test_an_optimizer_state_saved_by_one_process_converts_to_names(tmp_path):
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     from ownllm.model import ModelConfig, Transformer
-    from ownllm.train import checkpoint
+    from ownllm.run import checkpoints
     from ownllm.train.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -283,7 +283,7 @@ def test_an_optimizer_state_saved_by_one_process_converts_to_names(tmp_path):
     optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu"))
     model(torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))).backward()
     optimizer.step()
-    converted = checkpoint._keyed_by_name(optimizer.state_dict(), optimizer, model)
+    converted = checkpoints._keyed_by_name(optimizer.state_dict(), optimizer, model)
     reference = get_optimizer_state_dict(model, optimizer)
     assert converted["state"].keys() == reference["state"].keys() == dict(model.named_parameters()).keys()
     for name, state in reference["state"].items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ownllm.cli import main
-from ownllm.train.device import choose_precision, resolve_device
+from ownllm.core.device import choose_precision, resolve_device
 
 from test_train_helpers import byte_level_run, metrics, ownllm_here, step_losses
 

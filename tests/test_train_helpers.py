@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ownllm.cli import main
-from ownllm.data.token_shards import FORMAT, VERSION, TokenShardWriter, tokenizer_hash
+from ownllm.run.token_shards import FORMAT, VERSION, TokenShardWriter, tokenizer_hash
 
 CORPUS = Path(__file__).resolve().parents[1] / "src" / "ownllm" / "resources" / "corpus"
 BYTE_EOT = 256

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ownllm.cli import main
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.model.config import ModelConfig
 from ownllm.run import RunDir
 from ownllm.train.config import load_config

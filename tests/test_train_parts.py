@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ownllm.data.token_shards import open_tokens
-from ownllm.errors import UserError
+from ownllm.run.token_shards import open_tokens
+from ownllm.core.errors import UserError
 from ownllm.eval.bpb import bits_per_byte, perplexity
 from ownllm.model import ModelConfig, Transformer
-from ownllm.train import checkpoint
-from ownllm.train import device
+from ownllm.run import checkpoints
+from ownllm.core import device
 from ownllm.train.config import PRESETS, load_config, parse_duration
 from ownllm.train.loader import BatchLoader, TokenStream, eval_batches
 from ownllm.train.schedule import lr_at
@@ -216,34 +216,34 @@ def test_checkpoint_round_trip_keeps_the_last_k(tmp_path):
     optimizer.step()
     stage = tmp_path / "checkpoints" / "pretrain"
     for step in (10, 20, 30):
-        path = checkpoint.save_checkpoint(stage, step, model, optimizer, {"tokens": step * 100}, keep=2)
+        path = checkpoints.save_checkpoint(stage, step, model, optimizer, {"tokens": step * 100}, keep=2)
     assert sorted(p.name for p in stage.iterdir()) == ["latest", "step_000020", "step_000030"]
-    assert checkpoint.latest_checkpoint(stage) == path
-    assert checkpoint.read_state(path)["tokens"] == 3000
+    assert checkpoints.latest_checkpoint(stage) == path
+    assert checkpoints.read_state(path)["tokens"] == 3000
     restored = Transformer(model.config)
-    checkpoint.load_weights(path, restored)
+    checkpoints.load_weights(path, restored)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
     fresh_optimizer = torch.optim.AdamW(restored.parameters(), lr=1e-3)
-    checkpoint.load_training_state(path, fresh_optimizer)
+    checkpoints.load_training_state(path, fresh_optimizer)
     moments = [s["exp_avg"] for s in fresh_optimizer.state_dict()["state"].values()]
     assert moments and all(torch.equal(a["exp_avg"], b) for a, b in zip(optimizer.state_dict()["state"].values(), moments))
-    assert checkpoint.latest_checkpoint(tmp_path) is None  # no stage directory: nothing to resume
+    assert checkpoints.latest_checkpoint(tmp_path) is None  # no stage directory: nothing to resume
 
 
 def test_checkpoint_restores_random_state_exactly(tmp_path):
     model = Transformer(ModelConfig(vocab_size=50, n_layers=1, d_model=32, n_heads=2, max_seq_len=16))
     optimizer = torch.optim.AdamW(model.parameters())
-    path = checkpoint.save_checkpoint(tmp_path, 1, model, optimizer, {})
+    path = checkpoints.save_checkpoint(tmp_path, 1, model, optimizer, {})
     after_save = (torch.rand(4), np.random.rand(4))
     torch.rand(10), np.random.rand(10)
-    checkpoint.load_training_state(path, optimizer)
+    checkpoints.load_training_state(path, optimizer)
     assert torch.equal(torch.rand(4), after_save[0]) and np.array_equal(np.random.rand(4), after_save[1])
 
 
 def test_a_broken_latest_pointer_is_a_user_error(tmp_path):
     (tmp_path / "latest").write_text("step_000777\n")
     with pytest.raises(UserError, match="not a complete checkpoint"):
-        checkpoint.latest_checkpoint(tmp_path)
+        checkpoints.latest_checkpoint(tmp_path)
 
 
 def test_replan_moves_the_end_when_the_run_slows_down():

@@ -21,13 +21,13 @@ import pytest
 import torch
 from server_fixtures import live_server
 
-from ownllm.chat.persona import Persona
-from ownllm.chat.template import IGNORE_INDEX, ChatTemplate
-from ownllm.data.token_shards import tokenizer_hash
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.template import IGNORE_INDEX, ChatTemplate
+from ownllm.run.token_shards import tokenizer_hash
 from ownllm.model import ModelConfig, Transformer
 from ownllm.server.settings import ServerSettings
 from ownllm.tokenizer import Tokenizer
-from ownllm.train.checkpoint import save_checkpoint
+from ownllm.run.checkpoints import save_checkpoint
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,20 +12,20 @@ import importlib
 import sys
 
 from ownllm import __version__
-from ownllm.errors import UserError
-from ownllm.interrupts import sigint_blocked
+from ownllm.core.errors import UserError
+from ownllm.core.interrupts import sigint_blocked
 
 # name -> (module, one-line help). The order is the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("ownllm.data.data_command", "clean and deduplicate raw text files into a corpus"),
-    "tokenizer": ("ownllm.tokenizer.command", "train a byte-level BPE tokenizer on the corpus"),
-    "tokenize": ("ownllm.data.tokenize_command", "encode the corpus into token shards for training"),
-    "pretrain": ("ownllm.train.pretrain_command", "pretrain the transformer on the token shards"),
-    "sample": ("ownllm.inference.sample_command", "print a continuation of a prompt from the latest checkpoint"),
-    "sft": ("ownllm.train.sft_command", "fine-tune the pretrained model into a chat assistant"),
-    "chat": ("ownllm.assistant.chat_command", "talk to the assistant in the terminal, or answer one prompt (-p)"),
-    "feedback": ("ownllm.assistant.feedback_command", "export the replies rated on the web page as fine-tuning data"),
-    "serve": ("ownllm.server.serve_command", "serve the chat page and an OpenAI-compatible API for the model"),
+    "data": ("ownllm.commands.data", "clean and deduplicate raw text files into a corpus"),
+    "tokenizer": ("ownllm.commands.tokenizer", "train a byte-level BPE tokenizer on the corpus"),
+    "tokenize": ("ownllm.commands.tokenize", "encode the corpus into token shards for training"),
+    "pretrain": ("ownllm.commands.pretrain", "pretrain the transformer on the token shards"),
+    "sample": ("ownllm.commands.sample", "print a continuation of a prompt from the latest checkpoint"),
+    "sft": ("ownllm.commands.sft", "fine-tune the pretrained model into a chat assistant"),
+    "chat": ("ownllm.commands.chat", "talk to the assistant in the terminal, or answer one prompt (-p)"),
+    "feedback": ("ownllm.commands.feedback", "export the replies rated on the web page as fine-tuning data"),
+    "serve": ("ownllm.commands.serve", "serve the chat page and an OpenAI-compatible API for the model"),
 }
 
 EPILOG = """\
@@ -79,13 +79,3 @@ def main(argv: list[str] | None = None) -> None:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
-
-
-def add_run_argument(parser: argparse.ArgumentParser) -> None:
-    """Every stage command takes --run DIR; explicit artifact paths override its conventions."""
-    parser.add_argument(
-        "--run",
-        default="runs/demo",
-        metavar="DIR",
-        help="run directory holding every stage's artifacts (default: %(default)s)",
-    )

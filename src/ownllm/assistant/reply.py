@@ -21,10 +21,10 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator
 
-from ownllm.chat.conversation import Conversation, Message, validate
-from ownllm.chat.template import ChatTemplate
-from ownllm.chat.tools import format_tool_call, run_tool
-from ownllm.errors import UserError
+from ownllm.chatformat.conversation import Conversation, Message, validate
+from ownllm.chatformat.template import ChatTemplate
+from ownllm.chatformat.tools import format_tool_call, run_tool
+from ownllm.core.errors import UserError
 
 if TYPE_CHECKING:  # only for annotations: importing this module does not import PyTorch
     from ownllm.inference.engine import Engine, SamplingParams
@@ -103,7 +103,7 @@ def reply(engine: Engine, template: ChatTemplate, conversation: Conversation, pa
     """Stream the assistant's reply to `conversation` (which ends with a user message).
 
     Generation stops at the template's stop ids. When the model ends its turn with a tool
-    call, the tool runs (ownllm.chat.tools.run_tool), its result becomes a tool message, and
+    call, the tool runs (ownllm.chatformat.tools.run_tool), its result becomes a tool message, and
     the model continues, up to max_tool_calls times (after that a further call ends the
     reply, keeping the text before it). A call cut off before its <|end_of_turn|> (max
     tokens, cancellation) is not run and not kept. With truncate=False an over-long

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Iterator
 
 from ownllm.assistant.reply import ReplyEvent, reply
-from ownllm.chat.conversation import Conversation, InvalidConversation, Message, validate
-from ownllm.chat.persona import Persona
-from ownllm.chat.template import ChatTemplate
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_write_json
+from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.template import ChatTemplate
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_write_json
 
 FORMAT = "ownllm.chat"
 VERSION = 1
@@ -95,7 +95,7 @@ def default_system_prompt(run: str | Path, stage: str) -> tuple[str | None, str]
     the generated training conversations); a base model never saw a system prompt, so it
     gets none.
     """
-    from ownllm.train.checkpoint import latest_checkpoint, read_state
+    from ownllm.run.checkpoints import latest_checkpoint, read_state
 
     if stage != "sft":
         return None, "chatting with the base model (no chat fine-tuning), without a system prompt"
@@ -109,7 +109,7 @@ def default_system_prompt(run: str | Path, stage: str) -> tuple[str | None, str]
 
 def chosen_stage(run: str | Path, stage: str | None) -> str:
     """`stage`, or sft when the run has a chat checkpoint and pretrain otherwise; refused if it has none."""
-    from ownllm.train.checkpoint import latest_checkpoint
+    from ownllm.run.checkpoints import latest_checkpoint
 
     checkpoints = Path(run) / "checkpoints"
     if stage is None:

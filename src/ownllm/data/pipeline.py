@@ -29,9 +29,9 @@ from typing import Iterator
 import numpy as np
 
 from ownllm import __version__
-from ownllm.console import progress, say
-from ownllm.data import corpus_shards
-from ownllm.data.corpus_shards import CorpusWriter
+from ownllm.core.console import progress, say
+from ownllm.run import corpus_shards
+from ownllm.run.corpus_shards import CorpusWriter
 from ownllm.data.dedup import Deduplicator, Match, RowFile, minhash_permutations
 from ownllm.data.fingerprints import key_fraction
 from ownllm.data.parallel import available_cores, ordered_map, size_bounded_batches
@@ -45,8 +45,8 @@ from ownllm.data.processing import (
 )
 from ownllm.data.quality import QualityThresholds
 from ownllm.data.sources import InputSpec, RawDocument, SourceReader, display_name, resolve_inputs
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_directory, atomic_write_json, sha256_file
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_directory, atomic_write_json, sha256_file
 from ownllm.run import RunDir
 
 CHUNK_DOCUMENTS = 256

@@ -33,7 +33,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 import zstandard
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 CHUNK_BYTES = 1 << 20
 # A separator match must end this far before the end of the bytes read so far (unless the

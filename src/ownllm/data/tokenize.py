@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ownllm.console import progress
-from ownllm.data.corpus_shards import SPLITS, iter_documents, read_manifest
+from ownllm.core.console import progress
+from ownllm.run.corpus_shards import SPLITS, iter_documents, read_manifest
 from ownllm.data.parallel import size_bounded_batches
-from ownllm.data.token_shards import FORMAT, VERSION, TokenShardWriter, dtype_for_vocab, tokenizer_hash
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_directory, atomic_write_json
+from ownllm.run.token_shards import FORMAT, VERSION, TokenShardWriter, dtype_for_vocab, tokenizer_hash
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_directory, atomic_write_json
 from ownllm.tokenizer import Tokenizer
 
 BATCH_DOCUMENTS = 1024  # documents encoded together, on several threads

@@ -44,11 +44,11 @@ from pathlib import Path
 
 import torch
 
-from ownllm.errors import StaleArtifactError, UserError
+from ownllm.core.errors import StaleArtifactError, UserError
 from ownllm.inference.detokenize import Detokenizer
 from ownllm.inference.graphed_decode import StaticDecoder
 from ownllm.inference.sampling import RowSampler, pick_tokens
-from ownllm.interrupts import sigint_blocked
+from ownllm.core.interrupts import sigint_blocked
 from ownllm.model.kv_cache import KVCache
 from ownllm.tokenizer import Tokenizer
 
@@ -190,10 +190,10 @@ class Engine:
         checkpoint: a step directory to use instead of the latest. On CUDA the weights run in
         bf16 where the GPU supports it; on CPU in fp32. kwargs go to Engine().
         """
-        from ownllm.data.token_shards import tokenizer_hash
+        from ownllm.run.token_shards import tokenizer_hash
         from ownllm.run import RunDir
-        from ownllm.train.checkpoint import latest_checkpoint, load_model
-        from ownllm.train.device import resolve_device
+        from ownllm.run.checkpoints import latest_checkpoint, load_model
+        from ownllm.core.device import resolve_device
 
         run_dir = RunDir.open(run, create=False)
         if checkpoint is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.model.config import ModelConfig
 
 

@@ -27,10 +27,10 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from ownllm import __version__
-from ownllm.assistant.store import Store
-from ownllm.chat.persona import Persona
-from ownllm.chat.template import ChatTemplate
-from ownllm.errors import UserError
+from ownllm.server.store import Store
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.template import ChatTemplate
+from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine
 from ownllm.server import conversations, openai_api
 from ownllm.server.metrics import Metrics, MetricsMiddleware
@@ -140,14 +140,14 @@ def _serve(app: FastAPI, engine: Engine, run_dir: Path, stage: str | None) -> No
 
 
 def _default_stage(run_dir: Path) -> str:
-    from ownllm.train.checkpoint import latest_checkpoint
+    from ownllm.run.checkpoints import latest_checkpoint
 
     return "sft" if latest_checkpoint(run_dir / "checkpoints" / "sft") is not None else "pretrain"
 
 
 def _persona(run_dir: Path, stage: str) -> Persona | None:
     """Who the chat model was trained to be (recorded by `ownllm sft`); None for a model without chat training."""
-    from ownllm.train.checkpoint import latest_checkpoint, read_state
+    from ownllm.run.checkpoints import latest_checkpoint, read_state
 
     checkpoint = latest_checkpoint(run_dir / "checkpoints" / stage)
     persona = read_state(checkpoint).get("persona") if checkpoint is not None else None

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ownllm.assistant.reply import ContextOverflow, ReplyEvent, reply
-from ownllm.assistant.store import ConversationBusy, NothingToReplace, Store, Turn
+from ownllm.server.store import ConversationBusy, NothingToReplace, Store, Turn
 from ownllm.inference.engine import SamplingParams
 from ownllm.server.openai_api import error_body, served
 from ownllm.server.security import APIError, require_owner

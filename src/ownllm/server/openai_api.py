@@ -37,9 +37,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ownllm.assistant.reply import ContextOverflow, fit_to_context, reply
-from ownllm.chat.conversation import Conversation, InvalidConversation, validate
-from ownllm.chat.template import ChatTemplate
-from ownllm.errors import UserError
+from ownllm.chatformat.conversation import Conversation, InvalidConversation, validate
+from ownllm.chatformat.template import ChatTemplate
+from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine, EngineBusy, SamplingParams
 from ownllm.server.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationFields
 from ownllm.server.security import APIError, require_owner

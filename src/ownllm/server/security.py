@@ -32,7 +32,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ownllm.assistant.reply import ContextOverflow
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.inference.engine import EngineBusy
 from ownllm.server.settings import ServerSettings
 

@@ -19,7 +19,7 @@ import functools
 
 import regex
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 # tiktoken's cl100k_base (GPT-4) and r50k_base (GPT-2) patterns, verbatim.
 GPT4_PATTERN = (

@@ -18,9 +18,9 @@ from typing import Iterable, Iterator, Sequence
 
 import regex
 
-from ownllm.console import progress
+from ownllm.core.console import progress
 from ownllm.data.parallel import available_cores, size_bounded_batches
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.tokenizer.reference import as_valid_unicode
 
 CHUNK_CHARS = 1 << 20  # text per task: large enough to amortise the transfer, small enough to spread

@@ -21,9 +21,9 @@ from typing import AbstractSet, Iterable, Literal, Sequence
 
 import tiktoken
 
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_write_text, read_json
-from ownllm.run import check_format
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_write_text, read_json
+from ownllm.core.errors import check_format
 from ownllm.tokenizer.patterns import DEFAULT_PATTERN, PRESETS, freeze_pattern
 from ownllm.tokenizer.special_tokens import (
     ENDOFTEXT,

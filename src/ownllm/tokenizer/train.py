@@ -26,8 +26,8 @@ import os
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
-from ownllm.console import progress, say
-from ownllm.errors import UserError
+from ownllm.core.console import progress, say
+from ownllm.core.errors import UserError
 from ownllm.tokenizer.patterns import DEFAULT_PATTERN, PRESETS, freeze_pattern, resolve_pattern
 from ownllm.tokenizer.pretokenize import count_pieces
 from ownllm.tokenizer.special_tokens import SPECIAL_TOKENS

@@ -13,9 +13,9 @@ import re
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.model.config import ModelConfig
-from ownllm.settings import dataclass_from_dict
+from ownllm.core.settings import dataclass_from_dict
 
 SCHEDULES = ("cosine", "wsd")
 DATA_ORDERS = ("random", "sequential")

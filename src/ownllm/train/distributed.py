@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from ownllm.errors import UserError
-from ownllm.train.device import Precision, choose_precision, resolve_device
+from ownllm.core.errors import UserError
+from ownllm.core.device import Precision, choose_precision, resolve_device
 
 
 @dataclass

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ownllm.data.token_shards import TokenSplit
-from ownllm.errors import UserError
+from ownllm.run.token_shards import TokenSplit
+from ownllm.core.errors import UserError
 
 
 class TokenStream:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import psutil
 import torch
 
-from ownllm.console import say
-from ownllm.errors import UserError
+from ownllm.core.console import say
+from ownllm.core.errors import UserError
 from ownllm.model.config import ModelConfig
 
 WORKSPACE = 256 * 2**20

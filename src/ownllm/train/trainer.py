@@ -39,12 +39,12 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ownllm.console import progress, say
-from ownllm.errors import UserError
+from ownllm.core.console import progress, say
+from ownllm.core.errors import UserError
 from ownllm.run import RunDir
-from ownllm.train import checkpoint
+from ownllm.run import checkpoints
 from ownllm.train.config import TrainConfig
-from ownllm.train.device import Precision
+from ownllm.core.device import Precision
 from ownllm.train.distributed import Distributed
 from ownllm.train.loader import BatchLoader
 from ownllm.train.memory import cpu_budget, training_bytes
@@ -140,12 +140,12 @@ class Trainer:
 
     def resume(self, steps_override: int | None = None) -> None:
         """Load the latest checkpoint: weights, optimizer, data position, random generators, plan."""
-        path = checkpoint.latest_checkpoint(self.stage_dir)
+        path = checkpoints.latest_checkpoint(self.stage_dir)
         if path is None:
             raise UserError(f"nothing to resume: no checkpoint in {self.stage_dir}; start without --resume")
-        state = checkpoint.read_state(path)
-        checkpoint.load_weights(path, self.model)
-        checkpoint.load_training_state(path, self.optimizer, self.scaler, model=self.model)
+        state = checkpoints.read_state(path)
+        checkpoints.load_weights(path, self.model)
+        checkpoints.load_training_state(path, self.optimizer, self.scaler, model=self.model)
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.elapsed_before = state["elapsed"]
@@ -379,10 +379,10 @@ class Trainer:
     def _save(self) -> None:
         """Rank 0 writes; under FSDP every rank first sends it its shards. All wait until the checkpoint is complete,
         so that a process leaving right after (an interrupted run) cannot have torchrun stop rank 0 mid-write."""
-        if self.last_checkpoint is not None and self.last_checkpoint.name == checkpoint.step_name(self.step):
+        if self.last_checkpoint is not None and self.last_checkpoint.name == checkpoints.step_name(self.step):
             return
         if self.dist.is_main or self.sharded:
-            weights, optimizer_state = checkpoint.gather_state(self.model, self.optimizer)
+            weights, optimizer_state = checkpoints.gather_state(self.model, self.optimizer)
         if self.dist.is_main:
             state = {
                 "stage": self.stage,
@@ -395,10 +395,10 @@ class Trainer:
                 "train_config": self.config.to_dict(),
                 **(self.hooks.checkpoint_state or {}),
             }
-            checkpoint.write_checkpoint(self.stage_dir, self.step, weights, optimizer_state, state, self.scaler,
+            checkpoints.write_checkpoint(self.stage_dir, self.step, weights, optimizer_state, state, self.scaler,
                                         self.config.keep_checkpoints)
         self.dist.barrier()
-        self.last_checkpoint = self.stage_dir / checkpoint.step_name(self.step)
+        self.last_checkpoint = self.stage_dir / checkpoints.step_name(self.step)
 
     # ---- interruption, memory, logging -------------------------------------------------------
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from ownllm.cli import add_run_argument
-from ownllm.console import say
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
 from ownllm.data.parallel import available_cores
 from ownllm.data.tokenize import tokenize_corpus
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 from ownllm.run import RunDir
 
 

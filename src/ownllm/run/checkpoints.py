@@ -38,8 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_directory, atomic_write_text, read_json
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_directory, atomic_write_text, read_json
 
 FORMAT = "ownllm.checkpoint"
 VERSION = 1

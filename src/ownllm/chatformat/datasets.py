@@ -22,11 +22,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from ownllm.chat.chatterbot import read_chatterbot
-from ownllm.chat.conversation import Conversation
-from ownllm.chat.persona import Persona
-from ownllm.chat.report import Collector, LoadedConversations
-from ownllm.errors import UserError
+from ownllm.chatformat.chatterbot import read_chatterbot
+from ownllm.chatformat.conversation import Conversation
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.report import Collector, LoadedConversations
+from ownllm.core.errors import UserError
 
 YAML_SUFFIXES = (".yml", ".yaml")
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 STATUSES = ("complete", "streaming", "interrupted")
 RATINGS = {"up": 1, "down": -1}
@@ -421,7 +421,7 @@ def _message(row: sqlite3.Row, full: bool = False) -> dict:
 
 
 def _plain(row: dict) -> dict:
-    """A stored message as a conversation message (ownllm.chat.conversation)."""
+    """A stored message as a conversation message (ownllm.chatformat.conversation)."""
     message = {"role": row["role"], "content": row["content"]}
     if row.get("tool_call"):
         message["tool_call"] = json.loads(row["tool_call"])

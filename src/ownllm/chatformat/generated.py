@@ -24,12 +24,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ownllm.chat.calculator import calculate, is_error
-from ownllm.chat.conversation import Conversation
-from ownllm.chat.persona import Persona
-from ownllm.chat.stories import StoryIndex, story_request
-from ownllm.errors import UserError
-from ownllm.settings import dataclass_from_dict
+from ownllm.chatformat.calculator import calculate, is_error
+from ownllm.chatformat.conversation import Conversation
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.stories import StoryIndex, story_request
+from ownllm.core.errors import UserError
+from ownllm.core.settings import dataclass_from_dict
 
 KINDS = ("identity", "small_talk", "arithmetic", "story", "passage")
 DEFAULT_WEIGHTS = {"identity": 0.15, "small_talk": 0.15, "arithmetic": 0.3, "story": 0.25, "passage": 0.15}
@@ -72,7 +72,7 @@ def generate_conversations(
     context = _Context(persona, mix)
     conversations = []
     for i in range(count):
-        rng = random.Random(f"ownllm.chat.generated:{seed}:{i}")  # str seeds are hashed the same on every run
+        rng = random.Random(f"ownllm.chatformat.generated:{seed}:{i}")  # str seeds are hashed the same on every run
         kind = rng.choices(kinds, weights)[0]
         conversations.append(generate_one(kind, rng, context))
     return conversations

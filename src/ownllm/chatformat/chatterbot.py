@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from ownllm.chat.conversation import Conversation
-from ownllm.chat.report import Collector
+from ownllm.chatformat.conversation import Conversation
+from ownllm.chatformat.report import Collector
 
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's C parser when present: 10x faster
 OTHER_BOT_NAME = re.compile(r"\bchatter\s?bot\b", re.IGNORECASE)  # not "chatterbots", the common noun

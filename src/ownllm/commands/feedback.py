@@ -22,12 +22,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ownllm.assistant.store import DB_NAME, Store
-from ownllm.chat.conversation import InvalidConversation, validate
-from ownllm.cli import add_run_argument
-from ownllm.console import say
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_write_text
+from ownllm.server.store import DB_NAME, Store
+from ownllm.chatformat.conversation import InvalidConversation, validate
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_write_text
 from ownllm.run import RunDir
 
 

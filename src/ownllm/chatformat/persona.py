@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ownllm.errors import UserError
-from ownllm.settings import dataclass_from_dict
+from ownllm.core.errors import UserError
+from ownllm.core.settings import dataclass_from_dict
 
 MAX_NAME_CHARS = 40
 

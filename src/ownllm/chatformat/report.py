@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ownllm.chat.conversation import Conversation, InvalidConversation, validate
+from ownllm.chatformat.conversation import Conversation, InvalidConversation, validate
 
 MAX_REPORTED_PROBLEMS = 5
 

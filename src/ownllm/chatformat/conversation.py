@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ownllm.chat.tools import is_tool_name
-from ownllm.errors import UserError
+from ownllm.chatformat.tools import is_tool_name
+from ownllm.core.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
 Message = dict[str, Any]

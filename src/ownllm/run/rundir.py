@@ -21,8 +21,8 @@ from pathlib import Path
 
 import tomli_w
 
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_write_text
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_write_text
 
 try:  # Python 3.11+
     import tomllib
@@ -103,14 +103,3 @@ def _toml_safe(value):
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def check_format(meta: dict, kind: str, version: int, path: Path, rebuild_hint: str) -> None:
-    """Refuse an artifact of another kind or format version with a one-line message."""
-    got_kind, got_version = meta.get("format"), meta.get("version")
-    if got_kind != kind:
-        raise UserError(f"{path} is not an {kind} artifact (format={got_kind!r}); {rebuild_hint}")
-    if got_version != version:
-        raise UserError(
-            f"{path} has format version {got_version}, this ownllm reads version {version}; {rebuild_hint}"
-        )

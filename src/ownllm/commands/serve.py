@@ -19,9 +19,9 @@ from pathlib import Path
 
 import uvicorn
 
-from ownllm.cli import add_run_argument
-from ownllm.console import say
-from ownllm.errors import UserError
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
+from ownllm.core.errors import UserError
 from ownllm.server.settings import ServerSettings
 
 

@@ -19,17 +19,18 @@ from pathlib import Path
 
 import torch
 
-from ownllm.chat.persona import Persona
-from ownllm.chat.sft_data import SFTData, SFTLoader, SFTMixture, build_sft_data, eval_batches, load_mixture
-from ownllm.chat.template import ChatTemplate
-from ownllm.cli import add_run_argument
-from ownllm.console import say
-from ownllm.data.token_shards import tokenizer_hash
-from ownllm.errors import StaleArtifactError, UserError
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.sft_data import SFTData, SFTLoader, SFTMixture, build_sft_data, eval_batches, load_mixture
+from ownllm.chatformat.template import ChatTemplate
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
+from ownllm.run.token_shards import tokenizer_hash
+from ownllm.core.errors import StaleArtifactError, UserError
 from ownllm.model import ModelConfig, Transformer
 from ownllm.run import RunDir
 from ownllm.tokenizer import Tokenizer
-from ownllm.train import checkpoint, distributed
+from ownllm.run import checkpoints
+from ownllm.train import distributed
 from ownllm.train.config import PRESETS, TrainConfig, apply_overrides, parse_duration, set_value
 from ownllm.train.trainer import Hooks, Trainer
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     train_overrides = [s for s in args.overrides if not s.startswith("sft.")]
     data_overrides = [s.removeprefix("sft.") for s in args.overrides if s.startswith("sft.")]
     stage_dir = run_dir.checkpoints / STAGE
-    latest = checkpoint.latest_checkpoint(stage_dir)
+    latest = checkpoints.latest_checkpoint(stage_dir)
     steps_override = None
     if args.resume:
         if latest is None:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         if data_overrides or args.data or args.mixture or args.persona_name:
             raise UserError("a resumed run keeps its data and persona; drop --data, --mixture, --persona-name and "
                             "--set sft.*, or start over with --restart")
-        state = checkpoint.read_state(latest)
+        state = checkpoints.read_state(latest)
         saved = TrainConfig.from_dict(state["train_config"])
         config = sft_overrides(saved, train_overrides, saved.model, saved.grad_accum)
         if config.steps != saved.steps:
@@ -101,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
         base = run_dir.root / state["base_checkpoint"]
     else:
         mixture = load_mixture(args.mixture, data_overrides, args.data, args.persona_name)
-        base = checkpoint.latest_checkpoint(run_dir.checkpoints / BASE_STAGE)
+        base = checkpoints.latest_checkpoint(run_dir.checkpoints / BASE_STAGE)
         if base is None:
             raise UserError(f"no pretrained model in {run_dir.checkpoints / BASE_STAGE}; "
                             f"run `ownllm pretrain --run {run_dir.root}` first")
-        base_state = checkpoint.read_state(base)
+        base_state = checkpoints.read_state(base)
         model_config = ModelConfig.from_dict(base_state["model_config"])
         config = sft_config(args.preset, model_config, train_overrides, args.time_budget)
         if latest is not None and not args.restart:
@@ -168,7 +169,7 @@ def train(run_dir: RunDir, config: TrainConfig, mixture: SFTMixture, base: Path,
         model = Transformer(config.model).to(device)
         model.grad_checkpointing = config.grad_checkpointing
         if not resume:
-            checkpoint.load_weights(base, model)
+            checkpoints.load_weights(base, model)
         loader = SFTLoader(data.train, config.seq_len, config.micro_batch, config.seed,
                            pad_id=template.end_of_turn_id, device=device, rank=dist.rank, world=dist.world,
                            fingerprint=data.fingerprint)

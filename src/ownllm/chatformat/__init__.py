@@ -1,6 +1,6 @@
 """Chat: the conversation format, conversation data, and the calculator tool.
 
-    from ownllm.chat import ChatTemplate, load_conversations, generate_conversations, calculate
+    from ownllm.chatformat import ChatTemplate, load_conversations, generate_conversations, calculate
     template = ChatTemplate(Tokenizer.load("runs/demo/tokenizer"))
     rendered = template.render(conversation)          # .ids, .mask (1 = trained: what the assistant says)
     prompt = template.render_prompt(conversation)     # ... ending with <|assistant|>, ready to generate
@@ -10,14 +10,14 @@
 docs/chat.md describes the format, the datasets and the generated conversations.
 """
 
-from ownllm.chat.calculator import calculate
-from ownllm.chat.conversation import Conversation, InvalidConversation, Message, validate
-from ownllm.chat.datasets import FORMATS, bundled_sft_dir, detect_format, load_bundled, load_conversations
-from ownllm.chat.generated import KINDS, GeneratedMix, generate_conversations
-from ownllm.chat.persona import Persona
-from ownllm.chat.report import LoadedConversations, LoadReport
-from ownllm.chat.template import ChatTemplate, ParsedReply, RenderedConversation
-from ownllm.chat.tools import format_tool_call, parse_tool_call, run_tool
+from ownllm.chatformat.calculator import calculate
+from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
+from ownllm.chatformat.datasets import FORMATS, bundled_sft_dir, detect_format, load_bundled, load_conversations
+from ownllm.chatformat.generated import KINDS, GeneratedMix, generate_conversations
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.report import LoadedConversations, LoadReport
+from ownllm.chatformat.template import ChatTemplate, ParsedReply, RenderedConversation
+from ownllm.chatformat.tools import format_tool_call, parse_tool_call, run_tool
 
 __all__ = [
     "ChatTemplate",

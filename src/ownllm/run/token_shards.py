@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ownllm.errors import StaleArtifactError, UserError
-from ownllm.fsutil import read_json, sha256_file
-from ownllm.run import check_format
+from ownllm.core.errors import StaleArtifactError, UserError
+from ownllm.core.fsutil import read_json, sha256_file
+from ownllm.core.errors import check_format
 
 FORMAT = "ownllm.tokens"
 VERSION = 1
@@ -151,7 +151,7 @@ def open_tokens(tokens_dir: Path, tokenizer_dir: Path | None = None, corpus_dir:
                 f"token shards in {tokens_dir} were built with another tokenizer; rerun `ownllm tokenize --run DIR`"
             )
     if corpus_dir is not None and (Path(corpus_dir) / "manifest.json").exists():
-        from ownllm.data.corpus_shards import read_manifest
+        from ownllm.run.corpus_shards import read_manifest
 
         if read_manifest(corpus_dir)["corpus_hash"] != meta["corpus_hash"]:
             raise StaleArtifactError(

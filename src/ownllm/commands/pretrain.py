@@ -13,14 +13,15 @@ import argparse
 
 import torch
 
-from ownllm.cli import add_run_argument
-from ownllm.console import say
-from ownllm.data.token_shards import TokenShards, open_tokens
-from ownllm.errors import UserError
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
+from ownllm.run.token_shards import TokenShards, open_tokens
+from ownllm.core.errors import UserError
 from ownllm.eval.bpb import bits_per_byte, perplexity
 from ownllm.model import Transformer
 from ownllm.run import RunDir
-from ownllm.train import checkpoint, distributed
+from ownllm.run import checkpoints
+from ownllm.train import distributed
 from ownllm.train.config import PRESETS, TrainConfig, apply_overrides, load_config
 from ownllm.train.loader import BatchLoader, eval_batches
 from ownllm.train.memory import auto_micro_batch
@@ -47,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RunDir.open(args.run, create=False)
     shards = open_tokens(run_dir.tokens, run_dir.tokenizer, run_dir.corpus)
     stage_dir = run_dir.checkpoints / STAGE
-    latest = checkpoint.latest_checkpoint(stage_dir)
+    latest = checkpoints.latest_checkpoint(stage_dir)
     steps_override = None
     if args.resume:
         if latest is None:
             raise UserError(f"nothing to resume: no checkpoint in {stage_dir}; run without --resume")
         if args.time_budget is not None:
             raise UserError("--time-budget plans a new run; to train a resumed run longer use --set steps=N")
-        saved = TrainConfig.from_dict(checkpoint.read_state(latest)["train_config"])
+        saved = TrainConfig.from_dict(checkpoints.read_state(latest)["train_config"])
         config = apply_overrides(saved, args.overrides)
         if config.model != saved.model:
             raise UserError("cannot change the model's shape when resuming; drop the model.* settings from --set")

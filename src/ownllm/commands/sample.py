@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ownllm.cli import add_run_argument
-from ownllm.errors import UserError
+from ownllm.commands.common import add_run_argument
+from ownllm.core.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

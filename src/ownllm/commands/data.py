@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ownllm.cli import add_run_argument
-from ownllm.console import say
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
 from ownllm.data.pipeline import DEDUP_MODES, CorpusSettings, build_corpus
 from ownllm.data.quality import QualityThresholds
 from ownllm.data.sources import Boundary, InputSpec, bundled_corpus

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ownllm.chat.conversation import Conversation
-from ownllm.chat.datasets import bundled_sft_dir, load_conversations
-from ownllm.chat.generated import GeneratedMix, generate_conversations
-from ownllm.chat.persona import Persona
-from ownllm.chat.template import IGNORE_INDEX, ChatTemplate
-from ownllm.errors import UserError
+from ownllm.chatformat.conversation import Conversation
+from ownllm.chatformat.datasets import bundled_sft_dir, load_conversations
+from ownllm.chatformat.generated import GeneratedMix, generate_conversations
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.template import IGNORE_INDEX, ChatTemplate
+from ownllm.core.errors import UserError
 
 # The bundled datasets by their short names (the mixture's `bundled` table) and their files.
 BUNDLED = {"oasst": "oasst-en100-trees.jsonl", "dolly": "dolly-151.jsonl", "chatterbot": "chatterbot-english"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import TypeVar
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 T = TypeVar("T")
 

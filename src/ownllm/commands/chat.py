@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TextIO
 
 from ownllm.assistant.session import ChatSession, Settings
-from ownllm.chat.tools import parse_tool_call
-from ownllm.cli import add_run_argument
-from ownllm.console import say
-from ownllm.errors import UserError
-from ownllm.interrupts import sigint_blocked
+from ownllm.chatformat.tools import parse_tool_call
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
+from ownllm.core.errors import UserError
+from ownllm.core.interrupts import sigint_blocked
 from ownllm.run import RunDir
 
 HELP = """\

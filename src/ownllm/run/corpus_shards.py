@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ownllm.errors import UserError
-from ownllm.fsutil import read_json, sha256_file
-from ownllm.run import check_format
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import read_json, sha256_file
+from ownllm.core.errors import check_format
 
 FORMAT = "ownllm.corpus"
 VERSION = 1

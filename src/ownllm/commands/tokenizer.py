@@ -11,12 +11,12 @@ import itertools
 import time
 from typing import Iterable
 
-from ownllm.cli import add_run_argument
-from ownllm.console import progress, say
-from ownllm.data.corpus_shards import iter_documents, read_manifest
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import progress, say
+from ownllm.run.corpus_shards import iter_documents, read_manifest
 from ownllm.data.parallel import available_cores
-from ownllm.errors import UserError
-from ownllm.fsutil import atomic_directory
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_directory
 from ownllm.run import RunDir
 from ownllm.tokenizer.patterns import DEFAULT_PATTERN, PRESETS, resolve_pattern
 from ownllm.tokenizer.reference import ReferenceEncoder

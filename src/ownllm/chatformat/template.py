@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from ownllm.chat.conversation import Conversation, InvalidConversation, Message, validate
-from ownllm.chat.tools import ToolCall, format_tool_call, parse_tool_call
-from ownllm.errors import UserError
+from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
+from ownllm.chatformat.tools import ToolCall, format_tool_call, parse_tool_call
+from ownllm.core.errors import UserError
 from ownllm.tokenizer import ASSISTANT, END_OF_TURN, SYSTEM, TOOL_CALL, TOOL_RESULT, USER, Tokenizer
 
 IGNORE_INDEX = -100  # the target id the trainer's loss skips (ownllm.model.loss.IGNORE_INDEX)

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from ownllm.errors import UserError
+from ownllm.core.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -120,7 +120,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """Read a JSON artifact, turning a missing or corrupt file into a one-line UserError."""
-    from ownllm.errors import UserError
+    from ownllm.core.errors import UserError
 
     path = Path(path)
     try:

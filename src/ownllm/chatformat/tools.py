@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from ownllm.chat.calculator import ERROR_PREFIX, calculate
+from ownllm.chatformat.calculator import ERROR_PREFIX, calculate
 
 ToolCall = dict[str, str]  # {"name": ..., "arguments": ...}
 
