@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ownllm.data.parallel import ordered_map
+from ownllm.core.parallel import ordered_map
 
 
 def test_results_come_in_order_and_the_input_is_not_read_ahead_without_limit():

@@ -63,7 +63,7 @@ def test_pretraining_samples_repeat_and_leave_the_training_randomness_alone(tmp_
     tokenizer.save(tmp_path / "tokenizer")
     config = load_config("tiny", ["sample_tokens=12"])
     config.model.vocab_size = tokenizer.vocab_size
-    sample = make_sampler(RunDir(tmp_path), None, config, torch.device("cpu"))
+    sample = make_sampler(RunDir(tmp_path), config)
     torch.manual_seed(0)
     model = Transformer(config.model).eval()
     expected = torch.rand(3)

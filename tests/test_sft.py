@@ -306,3 +306,38 @@ def test_user_mistakes_are_one_line_errors(tokenizer_run, pretrained_run, tmp_pa
     (run / "tokenizer" / "tokenizer.json").write_text((run / "tokenizer" / "tokenizer.json").read_text() + " ")
     status, err = ownllm_here(capsys, "sft", "--run", run, *SFT)
     assert status == 2 and "not the tokenizer the model was trained with" in err
+
+
+def test_a_chat_model_whose_base_model_was_retrained_is_refused(pretrained_run, tmp_path, capsys):
+    """After `pretrain --restart` the chat model belongs to a base model the run no longer has: every command
+    that would load it (here the resolver, Engine.load and `ownllm chat`) refuses, naming the fix; the base model
+    itself still loads. Same step name before and after: only the checkpoint's id tells them apart."""
+    from ownllm.core.errors import StaleArtifactError
+    from ownllm.run.models import resolve_model
+
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    status, err = ownllm_here(capsys, "sft", "--run", run, *SFT, "--set", "steps=2", "--set", "sample_every=0")
+    assert status == 0, err
+    assert resolve_model(run).stage == "sft"
+    pretrain = ["pretrain", "--run", run, "--preset", "tiny", "--set", "threads=1", "--set", "model.max_seq_len=256",
+                "--set", "steps=4", "--set", "eval_every=0", "--set", "sample_every=0"]
+    status, err = ownllm_here(capsys, *pretrain, "--restart")
+    assert status == 0, err
+    assert latest_checkpoint(run / "checkpoints" / "pretrain").name == "step_000004"  # the same name as before
+    with pytest.raises(StaleArtifactError, match=r"fine-tuned from checkpoints/pretrain/step_000004.*--restart"):
+        resolve_model(run)
+    status, err = ownllm_here(capsys, "chat", "--run", run, "-p", "hi", "--device", "cpu")
+    assert status == 2 and err.count("\n") == 1 and f"ownllm sft --run {run} --restart" in err
+    assert resolve_model(run, stage="pretrain").stage == "pretrain"
+
+    # checkpoints written before ids existed are compared by name: the same name passes, another does not
+    sft = latest_checkpoint(run / "checkpoints" / "sft")
+    state = json.loads((sft / "state.json").read_text())
+    del state["base_id"]
+    (sft / "state.json").write_text(json.dumps(state))
+    assert resolve_model(run).stage == "sft"
+    state["base_checkpoint"] = "checkpoints/pretrain/step_000003"
+    (sft / "state.json").write_text(json.dumps(state))
+    with pytest.raises(StaleArtifactError):
+        resolve_model(run)

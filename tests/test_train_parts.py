@@ -10,7 +10,7 @@ import torch
 
 from ownllm.run.token_shards import open_tokens
 from ownllm.core.errors import UserError
-from ownllm.eval.bpb import bits_per_byte, perplexity
+from ownllm.core.bpb import bits_per_byte, perplexity
 from ownllm.model import ModelConfig, Transformer
 from ownllm.run import checkpoints
 from ownllm.core import device

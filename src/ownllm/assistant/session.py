@@ -71,7 +71,7 @@ class Settings:
 
     def sampling(self):
         """These settings as the engine's SamplingParams; UserError naming a value out of range."""
-        from ownllm.inference.engine import SamplingParams
+        from ownllm.inference.engine import SamplingParams  # lazy: start-up (torch)
 
         return SamplingParams(**asdict(self)).validate()
 
@@ -88,35 +88,19 @@ class Settings:
         return settings
 
 
-def default_system_prompt(run: str | Path, stage: str) -> tuple[str | None, str]:
+def default_system_prompt(persona: dict | None, stage: str | None, checkpoint: Path) -> tuple[str | None, str]:
     """The system prompt the model was fine-tuned with, and a line saying where it came from.
 
     A chat checkpoint records its persona (the same values that worded the system prompt of
     the generated training conversations); a base model never saw a system prompt, so it
     gets none.
     """
-    from ownllm.run.checkpoints import latest_checkpoint, read_state
-
-    if stage != "sft":
+    if stage == "pretrain" or (stage is None and persona is None):
         return None, "chatting with the base model (no chat fine-tuning), without a system prompt"
-    path = latest_checkpoint(Path(run) / "checkpoints" / "sft")
-    persona = read_state(path).get("persona") if path else None
     if not persona:
-        return None, f"{path} records no persona; chatting without a system prompt"
+        return None, f"{checkpoint} records no persona; chatting without a system prompt"
     system = Persona.from_dict(persona).system_prompt()
     return system, f"system prompt: {system}"
-
-
-def chosen_stage(run: str | Path, stage: str | None) -> str:
-    """`stage`, or sft when the run has a chat checkpoint and pretrain otherwise; refused if it has none."""
-    from ownllm.run.checkpoints import latest_checkpoint
-
-    checkpoints = Path(run) / "checkpoints"
-    if stage is None:
-        stage = "sft" if latest_checkpoint(checkpoints / "sft") else "pretrain"
-    if latest_checkpoint(checkpoints / stage) is None:
-        raise UserError(f"no {stage} checkpoint in {checkpoints / stage}; train one with `ownllm {stage} --run {run}`")
-    return stage
 
 
 class ChatSession:
@@ -138,17 +122,15 @@ class ChatSession:
 
         `system` None takes the default (see default_system_prompt); "" means none.
         """
-        from ownllm.inference.engine import Engine
-        from ownllm.tokenizer import Tokenizer
+        from ownllm.inference.engine import Engine  # lazy: start-up (`ownllm chat --help` does not import torch)
 
         settings.checked()
-        stage = chosen_stage(run, stage)
+        engine = Engine.load(run, stage=stage, device=device, max_slots=1)
         note = None
         if system is None:
-            system, note = default_system_prompt(run, stage)
-        template = ChatTemplate(Tokenizer.load(Path(run) / "tokenizer"))
-        engine = Engine.load(run, stage=stage, device=device, max_slots=1)
-        return cls(engine, template, system, settings, note)
+            resolved = engine.resolved
+            system, note = default_system_prompt(resolved.persona, resolved.stage, resolved.path)
+        return cls(engine, ChatTemplate(engine.tokenizer), system, settings, note)
 
     def conversation(self) -> Conversation:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history

@@ -36,7 +36,8 @@ from ownllm.chatformat.conversation import Conversation
 from ownllm.chatformat.datasets import bundled_sft_dir, load_conversations
 from ownllm.chatformat.generated import GeneratedMix, generate_conversations
 from ownllm.chatformat.persona import Persona
-from ownllm.chatformat.template import IGNORE_INDEX, ChatTemplate
+from ownllm.chatformat.template import ChatTemplate
+from ownllm.model.loss import IGNORE_INDEX
 from ownllm.core.errors import UserError
 
 # The bundled datasets by their short names (the mixture's `bundled` table) and their files.

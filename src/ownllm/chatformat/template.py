@@ -26,9 +26,9 @@ from typing import Iterable
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
 from ownllm.chatformat.tools import ToolCall, format_tool_call, parse_tool_call
 from ownllm.core.errors import UserError
+from ownllm.model.loss import IGNORE_INDEX  # the target id the loss skips
 from ownllm.tokenizer import ASSISTANT, END_OF_TURN, SYSTEM, TOOL_CALL, TOOL_RESULT, USER, Tokenizer
 
-IGNORE_INDEX = -100  # the target id the trainer's loss skips (ownllm.model.loss.IGNORE_INDEX)
 HEADERS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT, "tool": TOOL_RESULT}
 
 

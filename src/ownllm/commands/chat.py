@@ -147,7 +147,7 @@ class Repl:
 
     def loop(self) -> int:
         if sys.stdin.isatty():
-            import readline  # noqa: F401  (importing it gives input() line editing and history)
+            import readline  # noqa: F401  # lazy: only a terminal needs it (importing it gives input() line editing)
         # Ctrl-C is how a person stops a reply or clears the line, so it must work even when whoever
         # started us ignored it (a background job of a non-interactive shell inherits SIGINT ignored,
         # and Python then leaves it ignored).

@@ -35,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ownllm.inference.engine import Engine, SamplingParams
+    from ownllm.inference.engine import Engine, SamplingParams  # lazy: start-up (`--help` skips torch)
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")

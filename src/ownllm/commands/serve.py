@@ -22,6 +22,7 @@ import uvicorn
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
+from ownllm.run import RunDir
 from ownllm.server.settings import ServerSettings
 
 
@@ -52,15 +53,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ownllm.assistant.session import chosen_stage
-    from ownllm.run import RunDir
-    from ownllm.server.app import create_app
+    from ownllm.run.models import resolve_model  # lazy: start-up (`ownllm serve --help` skips torch)
+    from ownllm.server.app import create_app  # lazy: start-up (and FastAPI)
 
     settings = ServerSettings(host=args.host, port=args.port, api_key=_api_key(args), insecure=args.insecure,
                               cors_origins=tuple(args.cors_origin), truncate=args.truncate,
                               max_slots=args.max_slots, max_queue=args.max_queue, device=args.device).check()
     run_dir = RunDir.open(args.run, create=False)
-    stage = chosen_stage(run_dir.root, args.stage)
+    stage = resolve_model(run_dir, args.stage).stage  # a missing or stale model is refused before the port is taken
     sock = _bind(settings.host, settings.port)
     settings = dataclasses.replace(settings, port=sock.getsockname()[1], stage=stage)
     app = create_app(run_dir.root, settings)

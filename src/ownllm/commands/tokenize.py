@@ -10,7 +10,7 @@ import time
 
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import say
-from ownllm.data.parallel import available_cores
+from ownllm.core.parallel import available_cores
 from ownllm.data.tokenize import tokenize_corpus
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir

@@ -14,7 +14,7 @@ from typing import Iterable
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import progress, say
 from ownllm.run.corpus_shards import iter_documents, read_manifest
-from ownllm.data.parallel import available_cores
+from ownllm.core.parallel import available_cores
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_directory
 from ownllm.run import RunDir

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from ownllm.core.errors import UserError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -120,8 +122,6 @@ def sha256_bytes(data: bytes) -> str:
 
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """Read a JSON artifact, turning a missing or corrupt file into a one-line UserError."""
-    from ownllm.core.errors import UserError
-
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:

@@ -78,7 +78,7 @@ def repair_mojibake(text: str) -> str:
     """
     if text.isascii() or not _MOJIBAKE_HINT.search(text):
         return text
-    import ftfy
+    import ftfy  # lazy: start-up (only a document that needs repair pays for it)
 
     lines = text.split("\n")
     for i, line in enumerate(lines):

@@ -34,7 +34,7 @@ from ownllm.run import corpus_shards
 from ownllm.run.corpus_shards import CorpusWriter
 from ownllm.data.dedup import Deduplicator, Match, RowFile, minhash_permutations
 from ownllm.data.fingerprints import key_fraction
-from ownllm.data.parallel import available_cores, ordered_map, size_bounded_batches
+from ownllm.core.parallel import available_cores, ordered_map, size_bounded_batches
 from ownllm.data.processing import (
     Kept,
     ProcessingSettings,

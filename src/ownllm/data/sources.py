@@ -258,8 +258,8 @@ class SourceReader:
         self.disk_bytes_read += n
 
     def _read_parquet(self, index: int, source: SourceFile) -> Iterator[RawDocument]:
-        import pyarrow as pa  # imported here: only Parquet inputs pay for it
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # lazy: start-up (only Parquet inputs pay for it)
+        import pyarrow.parquet as pq  # lazy: as above
 
         text_types = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
 

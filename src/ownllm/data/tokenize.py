@@ -18,7 +18,7 @@ import numpy as np
 
 from ownllm.core.console import progress
 from ownllm.run.corpus_shards import SPLITS, iter_documents, read_manifest
-from ownllm.data.parallel import size_bounded_batches
+from ownllm.core.parallel import size_bounded_batches
 from ownllm.run.token_shards import FORMAT, VERSION, TokenShardWriter, dtype_for_vocab, tokenizer_hash
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_directory, atomic_write_json

@@ -44,12 +44,15 @@ from pathlib import Path
 
 import torch
 
-from ownllm.core.errors import StaleArtifactError, UserError
+from ownllm.core.device import resolve_device
+from ownllm.core.errors import UserError
 from ownllm.inference.detokenize import Detokenizer
 from ownllm.inference.graphed_decode import StaticDecoder
 from ownllm.inference.sampling import RowSampler, pick_tokens
 from ownllm.core.interrupts import sigint_blocked
 from ownllm.model.kv_cache import KVCache
+from ownllm.run import RunDir
+from ownllm.run.models import ResolvedModel, resolve_model
 from ownllm.tokenizer import Tokenizer
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -170,6 +173,7 @@ class Engine:
         if decode == "auto":
             decode = "graphs" if self.device.type == "cuda" else "plain"
         self.decode = decode
+        self.resolved: ResolvedModel | None = None  # which checkpoint, when made by Engine.load
         self._static: StaticDecoder | None = None  # the scheduler's, with the cache, for decode != "plain"
         self._vocab = tokenizer.vocab_size  # logits past the tokenizer's vocabulary (padding) are never sampled
         self._cache: KVCache | None = None  # allocated by the scheduler thread on first use
@@ -185,34 +189,23 @@ class Engine:
     @classmethod
     def load(cls, run: str | Path, stage: str | None = None, device: str = "auto", checkpoint: str | Path | None = None,
              **kwargs) -> Engine:
-        """The latest checkpoint of `stage` in the run (None: sft if it has one, else pretrain), its tokenizer.
+        """The model run/models.py resolves (stage None: the chat model if any, else the base model;
+        checkpoint: a step directory instead of the latest), with the run's tokenizer.
 
-        checkpoint: a step directory to use instead of the latest. On CUDA the weights run in
-        bf16 where the GPU supports it; on CPU in fp32. kwargs go to Engine().
+        On CUDA the weights run in bf16 where the GPU supports it; on CPU in fp32. kwargs go to
+        Engine(). `engine.resolved` says which checkpoint it is (its stage, state and persona).
         """
-        from ownllm.run.token_shards import tokenizer_hash
-        from ownllm.run import RunDir
-        from ownllm.run.checkpoints import latest_checkpoint, load_model
-        from ownllm.core.device import resolve_device
-
         run_dir = RunDir.open(run, create=False)
-        if checkpoint is None:
-            stages = [stage] if stage else ["sft", "pretrain"]
-            checkpoint = next(filter(None, (latest_checkpoint(run_dir.checkpoints / s) for s in stages)), None)
-            if checkpoint is None:
-                wanted = stage or "pretrain"
-                raise UserError(f"no checkpoint in {run_dir.checkpoints / wanted}; train first with "
-                                f"`ownllm {wanted} --run {run}`")
+        resolved = resolve_model(run_dir, stage, checkpoint)
         torch_device = resolve_device(device)
-        model, state = load_model(Path(checkpoint), torch_device)
+        model = resolved.load(torch_device)
         tokenizer = Tokenizer.load(run_dir.tokenizer)
-        if state.get("tokenizer_hash") and tokenizer_hash(run_dir.tokenizer) != state["tokenizer_hash"]:
-            raise StaleArtifactError(f"{checkpoint} was trained with another tokenizer than {run_dir.tokenizer}; "
-                                     f"retrain, or use the matching run")
         if torch_device.type == "cuda" and torch.cuda.is_bf16_supported():
             for p in model.parameters():  # the weights only: the rotary table keeps full precision
                 p.data = p.data.to(torch.bfloat16)
-        return cls(model, tokenizer, **kwargs)
+        engine = cls(model, tokenizer, **kwargs)
+        engine.resolved = resolved
+        return engine
 
     @property
     def context_size(self) -> int:

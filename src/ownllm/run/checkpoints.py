@@ -5,8 +5,8 @@
         model.safetensors    the weights (fp32), loadable by anything that reads safetensors
         optimizer.pt         AdamW moments and step counts (and the fp16 gradient scaler, if any)
         rng.pt               torch (CPU and CUDA), numpy and Python random generator states
-        state.json           step, tokens seen, planned steps, data-loader position, elapsed time,
-                             number of processes, the model and training settings, the tokenizer hash
+        state.json           step, a unique id, tokens seen, planned steps, data-loader position, elapsed
+                             time, number of processes, the model and training settings, the tokenizer hash
       latest                 the name of the newest complete step directory
 
 A step directory is built under a temporary name and renamed into place, then `latest` is
@@ -24,6 +24,7 @@ import json
 import random
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from ownllm.core.errors import UserError
+from ownllm.model import ModelConfig, Transformer
 from ownllm.core.fsutil import atomic_directory, atomic_write_text, read_json
 
 FORMAT = "ownllm.checkpoint"
@@ -100,7 +102,9 @@ def write_checkpoint(
                 tmp / "optimizer.pt",
             )
         torch.save(rng_state(), tmp / "rng.pt")
-        meta = {"format": FORMAT, "version": VERSION, "step": step, **state}
+        # A name can come back (`pretrain --restart` writes step_000100 again); the id never does,
+        # so a chat model can tell whether the base it was fine-tuned from is still the latest.
+        meta = {"format": FORMAT, "version": VERSION, "step": step, "id": uuid.uuid4().hex, **state}
         (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     atomic_write_text(stage_dir / "latest", path.name + "\n")
     _prune(stage_dir, keep=keep, current=path.name)
@@ -213,8 +217,6 @@ def _prune(stage_dir: Path, keep: int, current: str) -> None:
 
 def load_model(path: Path, device: torch.device | str = "cpu"):
     """The Transformer saved in step directory `path`, in eval mode, and the checkpoint's state."""
-    from ownllm.model import ModelConfig, Transformer
-
     path = Path(path)
     if not (path / "state.json").is_file():
         raise UserError(f"{path} is not a checkpoint directory (no state.json)")

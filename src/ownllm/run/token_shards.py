@@ -23,6 +23,7 @@ import numpy as np
 from ownllm.core.errors import StaleArtifactError, UserError
 from ownllm.core.fsutil import read_json, sha256_file
 from ownllm.core.errors import check_format
+from ownllm.run.corpus_shards import read_manifest
 
 FORMAT = "ownllm.tokens"
 VERSION = 1
@@ -151,8 +152,6 @@ def open_tokens(tokens_dir: Path, tokenizer_dir: Path | None = None, corpus_dir:
                 f"token shards in {tokens_dir} were built with another tokenizer; rerun `ownllm tokenize --run DIR`"
             )
     if corpus_dir is not None and (Path(corpus_dir) / "manifest.json").exists():
-        from ownllm.run.corpus_shards import read_manifest
-
         if read_manifest(corpus_dir)["corpus_hash"] != meta["corpus_hash"]:
             raise StaleArtifactError(
                 f"token shards in {tokens_dir} were built from an older corpus; rerun `ownllm tokenize --run DIR`"

@@ -55,7 +55,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
             loader = threading.Thread(target=_load, args=(app, run_dir, settings), name="ownllm-load", daemon=True)
             loader.start()
         else:
-            _serve(app, engine, run_dir, settings.stage)
+            _serve(app, engine)
             app.state.ready.set()
         try:
             yield
@@ -113,10 +113,9 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
 def _load(app: FastAPI, run_dir: Path, settings: ServerSettings) -> None:
     """Background thread: load the engine, then serve it; on failure keep the one-line reason for /health."""
     try:
-        stage = settings.stage or _default_stage(run_dir)
-        engine = Engine.load(run_dir, stage=stage, device=settings.device, max_slots=settings.max_slots,
+        engine = Engine.load(run_dir, stage=settings.stage, device=settings.device, max_slots=settings.max_slots,
                              max_queue=settings.max_queue)
-        _serve(app, engine, run_dir, stage)
+        _serve(app, engine)
     except UserError as e:  # a damaged checkpoint, a mismatched tokenizer: `ownllm serve` prints the line and exits
         app.state.load_error = str(e)
     except Exception as e:  # a bug: keep the traceback
@@ -133,22 +132,10 @@ def _close_loaded(app: FastAPI) -> None:
         app.state.engine.close()
 
 
-def _serve(app: FastAPI, engine: Engine, run_dir: Path, stage: str | None) -> None:
+def _serve(app: FastAPI, engine: Engine) -> None:
     app.state.template = ChatTemplate(engine.tokenizer)
-    app.state.persona = _persona(run_dir, stage or _default_stage(run_dir))
+    # Who the chat model was trained to be (recorded by `ownllm sft`); None for a base model, or an
+    # engine built by hand (tests, benchmarks) rather than loaded from the run by Engine.load.
+    persona = engine.resolved.persona if engine.resolved is not None else None
+    app.state.persona = Persona.from_dict(persona) if persona else None
     app.state.engine = engine  # last: a non-None engine means everything else is in place
-
-
-def _default_stage(run_dir: Path) -> str:
-    from ownllm.run.checkpoints import latest_checkpoint
-
-    return "sft" if latest_checkpoint(run_dir / "checkpoints" / "sft") is not None else "pretrain"
-
-
-def _persona(run_dir: Path, stage: str) -> Persona | None:
-    """Who the chat model was trained to be (recorded by `ownllm sft`); None for a model without chat training."""
-    from ownllm.run.checkpoints import latest_checkpoint, read_state
-
-    checkpoint = latest_checkpoint(run_dir / "checkpoints" / stage)
-    persona = read_state(checkpoint).get("persona") if checkpoint is not None else None
-    return Persona.from_dict(persona) if isinstance(persona, dict) else None

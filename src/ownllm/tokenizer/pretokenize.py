@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 import regex
 
 from ownllm.core.console import progress
-from ownllm.data.parallel import available_cores, size_bounded_batches
+from ownllm.core.parallel import available_cores, size_bounded_batches
 from ownllm.core.errors import UserError
 from ownllm.tokenizer.reference import as_valid_unicode
 

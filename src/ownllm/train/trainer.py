@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -119,8 +120,6 @@ class Trainer:
             if self.precision.dtype == torch.float16:
                 raise UserError("fsdp=true with fp16 is not supported (each process's gradient scaler would decide "
                                 "alone whether to skip a step); use dtype=bf16 or fsdp=false")
-            from torch.distributed.fsdp import fully_shard
-
             for block in model.blocks:  # each block gathers its weights just before it runs, then frees them
                 fully_shard(block)
             fully_shard(model)

@@ -1,1 +1,0 @@
-"""Evaluation: bits per byte and perplexity (more benchmarks come with later stages)."""
