@@ -5,7 +5,7 @@ RUN    ?= runs/demo
 VOCAB  ?= 8192
 STAMP  := $(VENV)/.ownllm-setup
 
-.PHONY: setup test test-all demo bench gpu-check clean
+.PHONY: setup lint test test-all demo bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -13,8 +13,14 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 
-## Fast test suite (what CI runs).
-test: setup
+## Lint, formatting and types: ruff and mypy, configured in pyproject.toml (part of `make test`).
+lint: setup
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/mypy
+
+## Fast test suite (what CI runs), after the lint.
+test: lint
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 ## Everything, slow tests included.

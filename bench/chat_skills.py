@@ -69,7 +69,9 @@ def main() -> None:
     torch.set_num_threads(2)
 
     session = ChatSession.open(args.run, stage="sft")
-    persona = Persona.from_dict(read_state(latest_checkpoint(Path(args.run) / "checkpoints" / "sft")).get("persona", {}))
+    persona = Persona.from_dict(
+        read_state(latest_checkpoint(Path(args.run) / "checkpoints" / "sft")).get("persona", {})
+    )
     print(f"run {args.run}, persona {persona.name!r}, {args.seeds} seeds per check, settings {session.settings}")
     start = time.perf_counter()
     for check, (question, passes) in CHECKS.items():

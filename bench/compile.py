@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from ownllm.core.device import choose_precision, resolve_device  # noqa: E402
 from ownllm.model import Transformer  # noqa: E402
 from ownllm.model.kv_cache import KVCache  # noqa: E402
 from ownllm.train.config import load_config  # noqa: E402
-from ownllm.core.device import choose_precision, resolve_device  # noqa: E402
 from ownllm.train.optim import build_optimizer  # noqa: E402
 
 
@@ -95,22 +95,33 @@ def main() -> None:
         if id(weights) not in caches:
             cache = KVCache(config.model, args.prompts, device=device)
             with precision.autocast():
-                model(prompts[:, : args.context], cache=cache.view(list(range(args.prompts)), [0] * args.prompts,
-                                                                   args.context))
+                model(
+                    prompts[:, : args.context],
+                    cache=cache.view(list(range(args.prompts)), [0] * args.prompts, args.context),
+                )
             caches[id(weights)] = (cache, cache.view(list(range(args.prompts)), [args.context] * args.prompts, 1))
         _, view = caches[id(weights)]
         with precision.autocast():
             model(prompts[:, :1], cache=view)
 
-    work = {"training step": (train_step, B * T), "prefill": (prefill, args.prompts * T),
-            "decode (1 token/row)": (decode, args.prompts)}
+    work = {
+        "training step": (train_step, B * T),
+        "prefill": (prefill, args.prompts * T),
+        "decode (1 token/row)": (decode, args.prompts),
+    }
     contenders = {"eager": (eager, eager), "compiled": (compiled, compiled_model)}
 
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"{precision.describe()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-    print(f"model: {config.model.n_layers} layers x {config.model.d_model}, vocab {V}, {eager.num_params():,} "
-          f"parameters; training batch {B} x {T}; prefill {args.prompts} x {T}; decode {args.prompts} rows at "
-          f"position {args.context}", flush=True)
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"{precision.describe()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        flush=True,
+    )
+    print(
+        f"model: {config.model.n_layers} layers x {config.model.d_model}, vocab {V}, {eager.num_params():,} "
+        f"parameters; training batch {B} x {T}; prefill {args.prompts} x {T}; decode {args.prompts} rows at "
+        f"position {args.context}",
+        flush=True,
+    )
     results = {}
     for what, (fn, tokens_per_call) in work.items():
         warmup = {}
@@ -122,7 +133,7 @@ def main() -> None:
             warmup[name] = time.perf_counter() - start
         rates = {name: [] for name in contenders}
         for r in range(args.rounds):
-            for name in (contenders if r % 2 == 0 else reversed(list(contenders))):
+            for name in contenders if r % 2 == 0 else reversed(list(contenders)):
                 model, weights = contenders[name]
                 start = time.perf_counter()
                 for _ in range(args.repeats):
@@ -130,16 +141,24 @@ def main() -> None:
                 sync()
                 rates[name].append(args.repeats * tokens_per_call / (time.perf_counter() - start))
         paired = [c / e for c, e in zip(rates["compiled"], rates["eager"])]
-        results[what] = {"rates": rates, "warmup_seconds": warmup, "speedup_median_round": statistics.median(paired),
-                         "speedup_of_bests": max(rates["compiled"]) / max(rates["eager"])}
-        print(f"\n{what}: tokens/s median (best) -- eager {statistics.median(rates['eager']):,.0f} "
-              f"({max(rates['eager']):,.0f}), compiled {statistics.median(rates['compiled']):,.0f} "
-              f"({max(rates['compiled']):,.0f}); speed-up {statistics.median(paired):.2f}x (median of per-round "
-              f"ratios, range {min(paired):.2f}-{max(paired):.2f}), {results[what]['speedup_of_bests']:.2f}x of bests; "
-              f"first two calls {warmup['eager']:.1f} s eager, {warmup['compiled']:.1f} s compiled", flush=True)
+        results[what] = {
+            "rates": rates,
+            "warmup_seconds": warmup,
+            "speedup_median_round": statistics.median(paired),
+            "speedup_of_bests": max(rates["compiled"]) / max(rates["eager"]),
+        }
+        print(
+            f"\n{what}: tokens/s median (best) -- eager {statistics.median(rates['eager']):,.0f} "
+            f"({max(rates['eager']):,.0f}), compiled {statistics.median(rates['compiled']):,.0f} "
+            f"({max(rates['compiled']):,.0f}); speed-up {statistics.median(paired):.2f}x (median of per-round "
+            f"ratios, range {min(paired):.2f}-{max(paired):.2f}), {results[what]['speedup_of_bests']:.2f}x of bests; "
+            f"first two calls {warmup['eager']:.1f} s eager, {warmup['compiled']:.1f} s compiled",
+            flush=True,
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -205,8 +205,18 @@ def main() -> None:
             f"injected: {info['kinds']}"
         )
         command = [
-            sys.executable, "-m", "ownllm", "data", "--run", str(work / "run"), "--input", str(work / "input"),
-            "--boundary", f"delimiter:{SEPARATOR}", "--workers", str(args.workers),
+            sys.executable,
+            "-m",
+            "ownllm",
+            "data",
+            "--run",
+            str(work / "run"),
+            "--input",
+            str(work / "input"),
+            "--boundary",
+            f"delimiter:{SEPARATOR}",
+            "--workers",
+            str(args.workers),
         ]
         print("running:", " ".join(command[1:]))
         result = run_and_sample(command, work / "data.log")
@@ -217,16 +227,24 @@ def main() -> None:
         counts = manifest["counts"]
         seconds = manifest["seconds"]
         print(f"cores: {psutil.cpu_count()} (shared with other work: load average {os.getloadavg()[0]:.1f})")
-        print(f"documents in: {counts['documents_in']:,}   out: {counts['documents_out']:,} "
-              f"(train {manifest['splits']['train']['documents']:,}, val {manifest['splits']['val']['documents']:,})")
+        print(
+            f"documents in: {counts['documents_in']:,}   out: {counts['documents_out']:,} "
+            f"(train {manifest['splits']['train']['documents']:,}, val {manifest['splits']['val']['documents']:,})"
+        )
         print(f"removed: {manifest['removed']}")
         print(f"stage time: {seconds:.1f} s (process wall time {result['seconds']:.1f} s)")
-        print(f"throughput: {counts['documents_in'] / seconds:,.0f} docs/s, "
-              f"{counts['bytes_in'] / 2**20 / seconds:,.1f} MiB/s of text")
-        print(f"peak RSS, whole process tree ({result['processes']} processes): "
-              f"{result['peak_tree_rss'] / 2**20:,.0f} MiB; main process: {result['peak_main_rss'] / 2**20:,.0f} MiB")
-        print(f"main-process peak RSS per kept document: "
-              f"{result['peak_main_rss'] / counts['documents_out']:,.0f} bytes (includes the fixed ~100 MiB base)")
+        print(
+            f"throughput: {counts['documents_in'] / seconds:,.0f} docs/s, "
+            f"{counts['bytes_in'] / 2**20 / seconds:,.1f} MiB/s of text"
+        )
+        print(
+            f"peak RSS, whole process tree ({result['processes']} processes): "
+            f"{result['peak_tree_rss'] / 2**20:,.0f} MiB; main process: {result['peak_main_rss'] / 2**20:,.0f} MiB"
+        )
+        print(
+            f"main-process peak RSS per kept document: "
+            f"{result['peak_main_rss'] / counts['documents_out']:,.0f} bytes (includes the fixed ~100 MiB base)"
+        )
         if args.keep:
             print(f"kept: {work}")
     finally:

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from ownllm.core.device import measure_matmul_flops  # noqa: E402
 from ownllm.model import Transformer  # noqa: E402
 from ownllm.train.config import load_config  # noqa: E402
-from ownllm.core.device import measure_matmul_flops  # noqa: E402
 from ownllm.train.optim import build_optimizer  # noqa: E402
 
 
@@ -60,18 +60,23 @@ def time_preset(preset: str, vocab: int, rounds: int, steps: int) -> None:
         step(mode)
     rates: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(rounds):
-        for mode in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
+        for mode in list(modes) if r % 2 == 0 else list(modes)[::-1]:
             start = time.perf_counter()
             for _ in range(steps):
                 step(mode)
             rates[mode].append(steps * B * T / (time.perf_counter() - start))
     ratios = [b / f for b, f in zip(rates["bf16"], rates["fp32"])]
-    print(f"{preset} preset ({config.model.n_layers} x {config.model.d_model}, vocab {vocab}, batch {B} x {T}, "
-          f"{model.num_params():,} parameters):")
+    print(
+        f"{preset} preset ({config.model.n_layers} x {config.model.d_model}, vocab {vocab}, batch {B} x {T}, "
+        f"{model.num_params():,} parameters):"
+    )
     for mode in modes:
         print(f"  {mode}: median {statistics.median(rates[mode]):,.0f} tok/s, best {max(rates[mode]):,.0f}")
-    print(f"  bf16 / fp32: {statistics.median(ratios):.2f}x median of {rounds} per-round ratios "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+    print(
+        f"  bf16 / fp32: {statistics.median(ratios):.2f}x median of {rounds} per-round ratios "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -87,8 +92,11 @@ def main() -> None:
     for size in (128, 512):
         fp32 = measure_matmul_flops(torch.device("cpu"), torch.float32, size=size)
         bf16 = measure_matmul_flops(torch.device("cpu"), torch.bfloat16, size=size)
-        print(f"matrix products {size}^3: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s "
-              f"({bf16 / fp32:.2f}x)", flush=True)
+        print(
+            f"matrix products {size}^3: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s "
+            f"({bf16 / fp32:.2f}x)",
+            flush=True,
+        )
     for preset in args.preset or ["cpu", "tiny"]:
         time_preset(preset, args.vocab, args.rounds, args.steps)
 

@@ -71,13 +71,17 @@ def build(args) -> tuple[dict[str, Engine], torch.nn.Module]:
         if args.device == "cuda" and torch.cuda.is_bf16_supported():
             for p in model.parameters():  # as Engine.load: the weights only, the rotary table keeps its precision
                 p.data = p.data.to(torch.bfloat16)
-        engine = Engine(model, synthetic_tokenizer(args.vocab), max_slots=slots, stop_ids=frozenset(),
-                        decode=args.decode)
+        engine = Engine(
+            model, synthetic_tokenizer(args.vocab), max_slots=slots, stop_ids=frozenset(), decode=args.decode
+        )
     engines = {"ownllm": engine}
     if engine.decode != "plain":
-        engines = {f"ownllm ({engine.decode})": engine,
-                   "ownllm (plain)": Engine(engine.model, engine.tokenizer, max_slots=slots, stop_ids=frozenset(),
-                                            decode="plain")}
+        engines = {
+            f"ownllm ({engine.decode})": engine,
+            "ownllm (plain)": Engine(
+                engine.model, engine.tokenizer, max_slots=slots, stop_ids=frozenset(), decode="plain"
+            ),
+        }
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = engine.model.config
@@ -88,7 +92,9 @@ def build(args) -> tuple[dict[str, Engine], torch.nn.Module]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="use this run's latest checkpoint and tokenizer (default: random weights)")
+    parser.add_argument(
+        "--run", type=Path, help="use this run's latest checkpoint and tokenizer (default: random weights)"
+    )
     parser.add_argument("--vocab", type=int, default=8192, help="vocabulary of the random model (the demo's)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=7)
@@ -97,8 +103,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--preset", default="cpu", help="the random model's shape (default: %(default)s)")
     parser.add_argument("--batches", default="1,8", help="decode batch sizes (default: %(default)s)")
-    parser.add_argument("--decode", default="auto", choices=("auto", "plain", "static", "graphs"),
-                        help="the engine's decode mode (auto: CUDA graphs on a GPU); a plain engine is timed beside it")
+    parser.add_argument(
+        "--decode",
+        default="auto",
+        choices=("auto", "plain", "static", "graphs"),
+        help="the engine's decode mode (auto: CUDA graphs on a GPU); a plain engine is timed beside it",
+    )
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -120,15 +130,24 @@ def main() -> None:
         def ours(prompts: torch.Tensor, new: int) -> list[list[int]]:
             params = SamplingParams(max_tokens=new, seed=0, **sampling)
             return [c.ids for c in chosen.generate_batch(prompts.tolist(), params)]
+
         return ours
 
     def theirs(prompts: torch.Tensor, new: int) -> list[list[int]]:
         prompts = prompts.to(device)
         with torch.inference_mode():
-            out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new,
-                              min_new_tokens=new, eos_token_id=None, pad_token_id=0, use_cache=True, top_p=None,
-                              **hf_sampling)
-        return out[:, prompts.shape[1]:].tolist()
+            out = hf.generate(
+                prompts,
+                attention_mask=torch.ones_like(prompts),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                eos_token_id=None,
+                pad_token_id=0,
+                use_cache=True,
+                top_p=None,
+                **hf_sampling,
+            )
+        return out[:, prompts.shape[1] :].tolist()
 
     contenders = {name: ours_with(e) for name, e in engines.items()} | {"HF": theirs}
     agreement = {}
@@ -139,8 +158,9 @@ def main() -> None:
             assert agreement["first 8 tokens, ours vs HF"], f"ours {a} vs HF {b}: the models differ"
         if len(engines) > 1:
             runs = [contenders[name](short, n_new) for name in engines]
-            agreement[f"{engine.decode} vs plain, greedy, identical sequences"] = \
+            agreement[f"{engine.decode} vs plain, greedy, identical sequences"] = (
                 f"{sum(x == y for x, y in zip(*runs))} of {len(runs[0])}"
+            )
 
     matrices = [p for name, p in engine.model.named_parameters() if p.dim() == 2 and name != "embed.weight"]
     if engine.model.lm_head is None:
@@ -161,15 +181,19 @@ def main() -> None:
     import transformers
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}, "
-          f"{args.threads} threads; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"model: {config.n_layers} layers x {config.d_model}, {config.n_heads} heads, vocab {config.vocab_size}, "
-          f"{engine.model.num_params():,} parameters, {'weights of ' + str(args.run) if args.run else 'random weights'}, "
-          f"{str(engine.dtype).removeprefix('torch.')}; {'sampling (T=0.8, top-k 50)' if args.sample else 'greedy'}; "
-          f"{n_new} new tokens per decode")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {where}, "
+        f"{args.threads} threads; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"model: {config.n_layers} layers x {config.d_model}, {config.n_heads} heads, vocab {config.vocab_size}, "
+        f"{engine.model.num_params():,} parameters, {'weights of ' + str(args.run) if args.run else 'random weights'}, "
+        f"{str(engine.dtype).removeprefix('torch.')}; {'sampling (T=0.8, top-k 50)' if args.sample else 'greedy'}; "
+        f"{n_new} new tokens per decode"
+    )
     for what, agreed in agreement.items():
         print(f"{what}: {agreed}")
-    for name, fn in contenders.items():  # warm-up (and, for the graphs, the captures this bench needs)
+    for fn in contenders.values():  # warm-up (and, for the graphs, the captures this bench needs)
         for prompts, new, _ in scenarios.values():
             fn(prompts, new)
 
@@ -192,31 +216,48 @@ def main() -> None:
                 start, cpu_start = time.perf_counter(), time.process_time()
                 floor(prompts, new)
                 floor_rates.append((tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu_start)))
-        print(f"round {r + 1}: " + "; ".join(
-            f"{s} " + " / ".join(f"{rates[s, c][-1]:,.0f}" for c in contenders) for s in scenarios), flush=True)
+        print(
+            f"round {r + 1}: "
+            + "; ".join(f"{s} " + " / ".join(f"{rates[s, c][-1]:,.0f}" for c in contenders) for s in scenarios),
+            flush=True,
+        )
 
     results = {"agreement": agreement}
     for clock, table in (("wall-clock", rates), ("CPU-time", cpu_rates)):
         for name in engines:
-            print(f"\n{clock + ' tok/s':<20}{name + ' median':>22}{'best':>9}{'HF median':>12}{'best':>9}"
-                  f"{'ratio (median of rounds)':>27}")
+            print(
+                f"\n{clock + ' tok/s':<20}{name + ' median':>22}{'best':>9}{'HF median':>12}{'best':>9}"
+                f"{'ratio (median of rounds)':>27}"
+            )
             for s in scenarios:
                 mine, hfs = table[s, name], table[s, "HF"]
                 paired = [x / y for x, y in zip(mine, hfs)]
-                print(f"{s:<20}{statistics.median(mine):>22,.0f}{max(mine):>9,.0f}{statistics.median(hfs):>12,.0f}"
-                      f"{max(hfs):>9,.0f}{statistics.median(paired):>14.2f}x (range {min(paired):.2f}-{max(paired):.2f})")
-                results[f"{clock} {s} {name}"] = {"tok_s": statistics.median(mine), "hf_tok_s": statistics.median(hfs),
-                                                  "ratio": statistics.median(paired)}
+                print(
+                    f"{s:<20}{statistics.median(mine):>22,.0f}{max(mine):>9,.0f}{statistics.median(hfs):>12,.0f}"
+                    f"{max(hfs):>9,.0f}{statistics.median(paired):>14.2f}x (range {min(paired):.2f}-{max(paired):.2f})"
+                )
+                results[f"{clock} {s} {name}"] = {
+                    "tok_s": statistics.median(mine),
+                    "hf_tok_s": statistics.median(hfs),
+                    "ratio": statistics.median(paired),
+                }
     if floor_rates:
         wall_floor = statistics.median(w for w, _ in floor_rates)
         cpu_floor = statistics.median(c for _, c in floor_rates)
-        print(f"\nfloor at batch 1 (the {len(matrices)} weight matrix-vector products per token, nothing else): "
-              f"{wall_floor:,.0f} tok/s wall, {cpu_floor:,.0f} tok/s CPU time; an engine with no other cost would be "
-              f"{wall_floor / statistics.median(rates['decode b1', 'HF']):.2f}x (wall) / "
-              f"{cpu_floor / statistics.median(cpu_rates['decode b1', 'HF']):.2f}x (CPU) HF's median here")
-    print(f"time to first token, {LONG_PROMPT_TOKENS}-token prompt: " + ", ".join(
-        f"{name} {statistics.median(ttft[name]) * 1e3:.1f} ms (best {min(ttft[name]) * 1e3:.1f})" for name in contenders)
-        + f"; load average at end {os.getloadavg()[0]:.2f}")
+        print(
+            f"\nfloor at batch 1 (the {len(matrices)} weight matrix-vector products per token, nothing else): "
+            f"{wall_floor:,.0f} tok/s wall, {cpu_floor:,.0f} tok/s CPU time; an engine with no other cost would be "
+            f"{wall_floor / statistics.median(rates['decode b1', 'HF']):.2f}x (wall) / "
+            f"{cpu_floor / statistics.median(cpu_rates['decode b1', 'HF']):.2f}x (CPU) HF's median here"
+        )
+    print(
+        f"time to first token, {LONG_PROMPT_TOKENS}-token prompt: "
+        + ", ".join(
+            f"{name} {statistics.median(ttft[name]) * 1e3:.1f} ms (best {min(ttft[name]) * 1e3:.1f})"
+            for name in contenders
+        )
+        + f"; load average at end {os.getloadavg()[0]:.2f}"
+    )
     results["ttft_ms"] = {name: statistics.median(ttft[name]) * 1e3 for name in contenders}
     if device.type == "cuda":
         captured = [e._static.captured() for e in engines.values() if e._static is not None and e._static.graphs]

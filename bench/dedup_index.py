@@ -77,8 +77,10 @@ def measure(kind: str, documents: int, every: int, directory: Path) -> None:
         assert index.check(rng.bytes(16), rng.integers(0, 2**32, 128, dtype=np.uint32)) is None
         if i % every == 0:
             seconds = time.perf_counter() - started
-            print(f"  {kind:6} {i:>10,} kept  {i / seconds:>8,.0f} documents/s  "
-                  f"memory +{resident_mib() - base:,.0f} MiB", flush=True)
+            print(
+                f"  {kind:6} {i:>10,} kept  {i / seconds:>8,.0f} documents/s  memory +{resident_mib() - base:,.0f} MiB",
+                flush=True,
+            )
     if kind == "disk":
         index.close()
 
@@ -96,8 +98,21 @@ def main() -> None:
     print(f"{args.documents:,} distinct documents, 128 permutations, threshold 0.8")
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         for kind in ("disk", "memory"):
-            subprocess.run([sys.executable, __file__, "--_measure", kind, "--documents", str(args.documents),
-                            "--every", str(args.every), "--dir", work], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--_measure",
+                    kind,
+                    "--documents",
+                    str(args.documents),
+                    "--every",
+                    str(args.every),
+                    "--dir",
+                    work,
+                ],
+                check=True,
+            )
 
 
 if __name__ == "__main__":

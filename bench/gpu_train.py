@@ -77,11 +77,14 @@ class StepProfiler:
             if trainer.step + 1 != profiler.step:
                 return profiler._original(trainer, model)
             torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+            with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            ) as prof:
                 profiler._original(trainer, model)
                 torch.cuda.synchronize()
-            profiler.table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+            profiler.table = prof.key_averages().table(
+                sort_by="cuda_time_total", row_limit=25, max_name_column_width=70
+            )
             trace = profiler.out / "train_step_trace.json"
             prof.export_chrome_trace(str(trace))
             with open(trace, "rb") as src, gzip.open(str(trace) + ".gz", "wb") as dst:
@@ -96,17 +99,40 @@ class StepProfiler:
         Trainer._train_step = self._original
 
 
-def run_pretrain(prepared: Path, work: Path, name: str, preset: str, seconds: float, settings: list[str],
-                 profile: StepProfiler | None) -> dict:
+def run_pretrain(
+    prepared: Path,
+    work: Path,
+    name: str,
+    preset: str,
+    seconds: float,
+    settings: list[str],
+    profile: StepProfiler | None,
+) -> dict:
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     for part in ("tokenizer", "tokens"):
         if (prepared / part).exists():
             shutil.copytree(prepared / part, run / part)
-    args = ["pretrain", "--run", str(run), "--preset", preset, "--time-budget", f"{seconds:g}s",
-            "--set", "eval_every=0", "--set", "sample_every=0", "--set", "checkpoint_every=0", "--set", "log_every=1",
-            "--set", "eval_tokens=65536"]
+    args = [
+        "pretrain",
+        "--run",
+        str(run),
+        "--preset",
+        preset,
+        "--time-budget",
+        f"{seconds:g}s",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "sample_every=0",
+        "--set",
+        "checkpoint_every=0",
+        "--set",
+        "log_every=1",
+        "--set",
+        "eval_tokens=65536",
+    ]
     for item in settings:
         args += ["--set", item]
     torch.cuda.reset_peak_memory_stats()
@@ -129,12 +155,22 @@ def run_pretrain(prepared: Path, work: Path, name: str, preset: str, seconds: fl
     first_step = step_tokens / steps[0]["tok_per_s"]
     median_step = step_tokens / statistics.median(rates)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
-    return {"steps": len(steps), "wall_s": wall, "tok_per_s": statistics.median(rates), "best_tok_per_s": max(rates),
-            "worst_tok_per_s": min(rates), "first_step_s": first_step, "median_step_s": median_step,
-            "compile_s": first_step - median_step, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "flops_per_token": start_record["flops_per_token"], "micro_batch": start_record["micro_batch"],
-            "grad_accum": start_record["grad_accum"], "precision": start_record["precision"],
-            "final_loss": steps[-1]["loss"]}
+    return {
+        "steps": len(steps),
+        "wall_s": wall,
+        "tok_per_s": statistics.median(rates),
+        "best_tok_per_s": max(rates),
+        "worst_tok_per_s": min(rates),
+        "first_step_s": first_step,
+        "median_step_s": median_step,
+        "compile_s": first_step - median_step,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "flops_per_token": start_record["flops_per_token"],
+        "micro_batch": start_record["micro_batch"],
+        "grad_accum": start_record["grad_accum"],
+        "precision": start_record["precision"],
+        "final_loss": steps[-1]["loss"],
+    }
 
 
 def main() -> None:
@@ -145,8 +181,12 @@ def main() -> None:
     parser.add_argument("--compiled-seconds", type=float, default=90, help="time budget of the compiled run")
     parser.add_argument("--eager-seconds", type=float, default=30, help="time budget of the eager run")
     parser.add_argument("--profile-step", type=int, default=12, help="the compiled run's step to profile (0: none)")
-    parser.add_argument("--previous-rotary-seconds", type=float, default=0,
-                        help="also time a compiled run with the previous rotary kernel for this long (0: no)")
+    parser.add_argument(
+        "--previous-rotary-seconds",
+        type=float,
+        default=0,
+        help="also time a compiled run with the previous rotary kernel for this long (0: no)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -156,31 +196,47 @@ def main() -> None:
 
     peak = measured_bf16_peak()
     name = torch.cuda.get_device_name()
-    print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}; bf16 8192^3 products: "
-          f"{peak / 1e12:.0f} TFLOP/s (the MFU denominator)", flush=True)
+    print(
+        f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}; bf16 8192^3 products: "
+        f"{peak / 1e12:.0f} TFLOP/s (the MFU denominator)",
+        flush=True,
+    )
     profile = StepProfiler(args.profile_step, args.out) if args.profile_step else None
     results = {"gpu": name, "torch": torch.__version__, "bf16_peak_flops": peak, "preset": args.preset}
-    contenders = [("compiled", args.compiled_seconds, ["compile=true"], profile, None),
-                  ("eager", args.eager_seconds, ["compile=false"], None, None)]
+    contenders = [
+        ("compiled", args.compiled_seconds, ["compile=true"], profile, None),
+        ("eager", args.eager_seconds, ["compile=false"], None, None),
+    ]
     if args.previous_rotary_seconds:
-        contenders.append(("compiled, previous rotary", args.previous_rotary_seconds, ["compile=true"], None,
-                           PreviousRotary()))
+        contenders.append(
+            ("compiled, previous rotary", args.previous_rotary_seconds, ["compile=true"], None, PreviousRotary())
+        )
     for label, seconds, settings, prof, patch in contenders:
         try:
             with patch or contextlib.nullcontext():
-                r = run_pretrain(args.run, work, label.replace(", ", "-").replace(" ", "-"), args.preset, seconds,
-                                 settings + args.overrides, prof)
+                r = run_pretrain(
+                    args.run,
+                    work,
+                    label.replace(", ", "-").replace(" ", "-"),
+                    args.preset,
+                    seconds,
+                    settings + args.overrides,
+                    prof,
+                )
         except Exception as e:  # report and go on: the other contender's figures still count
             print(f"{label}: FAILED: {type(e).__name__}: {e}", flush=True)
             results[label] = {"error": f"{type(e).__name__}: {e}"}
             continue
         r["mfu_measured_peak"] = r["flops_per_token"] * r["tok_per_s"] / peak
         results[label] = r
-        print(f"{label}: {r['steps']} steps in {r['wall_s']:.0f} s; median {r['tok_per_s']:,.0f} tok/s "
-              f"(best {r['best_tok_per_s']:,.0f}, worst {r['worst_tok_per_s']:,.0f}); MFU {r['mfu_measured_peak']:.1%} "
-              f"of the measured peak; step {r['median_step_s'] * 1e3:.0f} ms, first step {r['first_step_s']:.1f} s "
-              f"(compile ~{r['compile_s']:.1f} s); peak memory {r['peak_memory_gib']:.1f} GiB; micro_batch "
-              f"{r['micro_batch']} x {r['grad_accum']}; {r['precision']}; loss {r['final_loss']:.3f}", flush=True)
+        print(
+            f"{label}: {r['steps']} steps in {r['wall_s']:.0f} s; median {r['tok_per_s']:,.0f} tok/s "
+            f"(best {r['best_tok_per_s']:,.0f}, worst {r['worst_tok_per_s']:,.0f}); MFU {r['mfu_measured_peak']:.1%} "
+            f"of the measured peak; step {r['median_step_s'] * 1e3:.0f} ms, first step {r['first_step_s']:.1f} s "
+            f"(compile ~{r['compile_s']:.1f} s); peak memory {r['peak_memory_gib']:.1f} GiB; micro_batch "
+            f"{r['micro_batch']} x {r['grad_accum']}; {r['precision']}; loss {r['final_loss']:.3f}",
+            flush=True,
+        )
     if "tok_per_s" in results.get("compiled", {}) and "tok_per_s" in results.get("eager", {}):
         results["compile_speedup"] = results["compiled"]["tok_per_s"] / results["eager"]["tok_per_s"]
         print(f"torch.compile speed-up over eager: {results['compile_speedup']:.2f}x", flush=True)

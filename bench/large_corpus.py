@@ -70,8 +70,11 @@ def stage(name: str, command: list[str], work: Path, interval: float) -> dict:
 
 def report(name: str, result: dict, amount: str) -> None:
     processes = f"{result['processes']} process" + ("es" if result["processes"] != 1 else "")
-    print(f"  {name}: {result['seconds']:.1f} s, {amount}; peak RSS {result['peak_tree_rss'] / 2**20:,.0f} MiB "
-          f"({processes}), main process {result['peak_main_rss'] / 2**20:,.0f} MiB", flush=True)
+    print(
+        f"  {name}: {result['seconds']:.1f} s, {amount}; peak RSS {result['peak_tree_rss'] / 2**20:,.0f} MiB "
+        f"({processes}), main process {result['peak_main_rss'] / 2**20:,.0f} MiB",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -91,12 +94,31 @@ def main() -> None:
         if shutil.disk_usage(work).free < needed:
             sys.exit(f"need about {needed / 1e9:.1f} GB free in {work}, have {shutil.disk_usage(work).free / 1e9:.1f}")
         info = generate(work / "input", int(args.size_mb * 2**20), args.files)
-        print(f"generated {info['text_bytes'] / 2**20:,.0f} MiB of text ({info['disk_bytes'] / 2**20:,.0f} MiB on "
-              f"disk), {info['documents']:,} documents in {info['files']} files, {info['seconds']:.0f} s", flush=True)
+        print(
+            f"generated {info['text_bytes'] / 2**20:,.0f} MiB of text ({info['disk_bytes'] / 2**20:,.0f} MiB on "
+            f"disk), {info['documents']:,} documents in {info['files']} files, {info['seconds']:.0f} s",
+            flush=True,
+        )
         run, side = work / "run", work / "tokenizer-run"
         workers = args.workers or psutil.cpu_count()
-        results = {"data": stage("data", ownllm("data", "--run", run, "--input", work / "input", "--boundary",
-                                                f"delimiter:{SEPARATOR}", "--workers", workers), work, interval)}
+        results = {
+            "data": stage(
+                "data",
+                ownllm(
+                    "data",
+                    "--run",
+                    run,
+                    "--input",
+                    work / "input",
+                    "--boundary",
+                    f"delimiter:{SEPARATOR}",
+                    "--workers",
+                    workers,
+                ),
+                work,
+                interval,
+            )
+        }
         manifest = json.loads((run / "corpus" / "manifest.json").read_text())
         corpus_bytes = sum(s["bytes"] for s in manifest["splits"].values())
 
@@ -111,23 +133,34 @@ def main() -> None:
         src = str(Path(__file__).resolve().parents[1] / "src")
         code = LOADER.format(src=src, tokens=str(run / "tokens"), batches=args.batches)
         started = time.monotonic()
-        loader = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                           check=True).stdout)
+        loader = json.loads(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        )
         loader_wall = time.monotonic() - started
 
-        print(f"\ncores: {psutil.cpu_count()}, load average {os.getloadavg()[0]:.1f}; "
-              f"input {info['text_bytes'] / 2**30:.2f} GiB of text")
+        print(
+            f"\ncores: {psutil.cpu_count()}, load average {os.getloadavg()[0]:.1f}; "
+            f"input {info['text_bytes'] / 2**30:.2f} GiB of text"
+        )
         counts = manifest["counts"]
-        report("ownllm data", results["data"],
-               f"{counts['bytes_in'] / 2**20 / results['data']['seconds']:,.1f} MiB/s of text in, "
-               f"{counts['documents_in']:,} documents in, {counts['documents_out']:,} kept")
-        report("ownllm tokenize", results["tokenize"],
-               f"{tokens:,} tokens, {tokens / results['tokenize']['seconds']:,.0f} tokens/s, "
-               f"{corpus_bytes / 2**20 / results['tokenize']['seconds']:,.1f} MiB/s of corpus text")
-        print(f"  loader: {args.batches} batches of 16 x 256 from {loader['shards']} shards "
-              f"({loader['tokens']:,} tokens) in {loader['seconds']:.2f} s "
-              f"({args.batches * 16 * 256 / loader['seconds']:,.0f} tokens/s; process {loader_wall:.1f} s); "
-              f"peak RSS {loader['peak_rss'] / 2**20:,.0f} MiB (Python + numpy + PyTorch included)")
+        report(
+            "ownllm data",
+            results["data"],
+            f"{counts['bytes_in'] / 2**20 / results['data']['seconds']:,.1f} MiB/s of text in, "
+            f"{counts['documents_in']:,} documents in, {counts['documents_out']:,} kept",
+        )
+        report(
+            "ownllm tokenize",
+            results["tokenize"],
+            f"{tokens:,} tokens, {tokens / results['tokenize']['seconds']:,.0f} tokens/s, "
+            f"{corpus_bytes / 2**20 / results['tokenize']['seconds']:,.1f} MiB/s of corpus text",
+        )
+        print(
+            f"  loader: {args.batches} batches of 16 x 256 from {loader['shards']} shards "
+            f"({loader['tokens']:,} tokens) in {loader['seconds']:.2f} s "
+            f"({args.batches * 16 * 256 / loader['seconds']:,.0f} tokens/s; process {loader_wall:.1f} s); "
+            f"peak RSS {loader['peak_rss'] / 2**20:,.0f} MiB (Python + numpy + PyTorch included)"
+        )
         if args.keep:
             print(f"kept: {work}")
     finally:

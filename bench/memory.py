@@ -36,8 +36,15 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-MODEL = ["model.n_layers=6", "model.d_model=384", "model.n_heads=6", "model.max_seq_len=512", "seq_len=512",
-         "micro_batch=8", "batch_tokens=4096"]
+MODEL = [
+    "model.n_layers=6",
+    "model.d_model=384",
+    "model.n_heads=6",
+    "model.max_seq_len=512",
+    "seq_len=512",
+    "micro_batch=8",
+    "batch_tokens=4096",
+]
 VARIANTS = {"plain": [], "grad_checkpointing": ["grad_checkpointing=true"]}
 
 
@@ -45,9 +52,9 @@ def child(args) -> None:
     """One variant, in this fresh process; prints one JSON line."""
     import torch
 
+    from ownllm.core.device import choose_precision, resolve_device
     from ownllm.model import Transformer
     from ownllm.train.config import load_config
-    from ownllm.core.device import choose_precision, resolve_device
     from ownllm.train.memory import training_bytes
     from ownllm.train.optim import build_optimizer
 
@@ -89,8 +96,9 @@ def child(args) -> None:
         "step_seconds": times,
         "baseline_rss": baseline,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux reports KiB
-        "estimate": training_bytes(config.model, n_params, config.micro_batch, config.seq_len,
-                                   config.grad_checkpointing),
+        "estimate": training_bytes(
+            config.model, n_params, config.micro_batch, config.seq_len, config.grad_checkpointing
+        ),
         "precision": precision.describe(),
     }
     if device.type == "cuda":
@@ -99,9 +107,24 @@ def child(args) -> None:
 
 
 def run_variant(name: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", name, "--threads", str(args.threads), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--vocab", str(args.vocab), "--device", args.device,
-               "--dtype", args.dtype]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--vocab",
+        str(args.vocab),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ]
     for item in args.overrides:
         command += ["--set", item]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -131,22 +154,35 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="change the model or batch, e.g. --set micro_batch=4")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the model or batch, e.g. --set micro_batch=4",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
 
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    print(
+        f"{platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        flush=True,
+    )
     results = {}
     for round_ in range(args.rounds):
         for name in VARIANTS if round_ % 2 == 0 else list(VARIANTS)[::-1]:
             r = run_variant(name, args)
-            print(f"round {round_ + 1}, {name}: peak RSS {mib(r['peak_rss'])} MiB, steps "
-                  + ", ".join(f"{t:.2f}" for t in r["step_seconds"]) + " s", flush=True)
+            print(
+                f"round {round_ + 1}, {name}: peak RSS {mib(r['peak_rss'])} MiB, steps "
+                + ", ".join(f"{t:.2f}" for t in r["step_seconds"])
+                + " s",
+                flush=True,
+            )
             if name not in results:
                 results[name] = r
             else:  # the worst peak and every step time
@@ -157,23 +193,30 @@ def main() -> None:
                         seen[key] = max(seen[key], r[key])
     first = next(iter(results.values()))
     print(f"{first['precision']}")
-    print(f"\nmodel: {first['params'] / 1e6:.1f}M parameters; {first['tokens_per_step']} tokens per step; "
-          f"Python + PyTorch before the model: {first['baseline_rss'] / 2**20:,.0f} MiB")
-    print(f"{'variant':<20}{'peak RSS MiB':>14}{'sampled':>9}{'above base':>12}{'estimate':>10}"
-          f"{'step s (median)':>17}{'tok/s':>8}")
+    print(
+        f"\nmodel: {first['params'] / 1e6:.1f}M parameters; {first['tokens_per_step']} tokens per step; "
+        f"Python + PyTorch before the model: {first['baseline_rss'] / 2**20:,.0f} MiB"
+    )
+    print(
+        f"{'variant':<20}{'peak RSS MiB':>14}{'sampled':>9}{'above base':>12}{'estimate':>10}"
+        f"{'step s (median)':>17}{'tok/s':>8}"
+    )
     for name, r in results.items():
         median = statistics.median(r["step_seconds"])
-        print(f"{name:<20}{mib(r['peak_rss']):>14}{mib(r['sampled_peak_rss']):>9}"
-              f"{mib(r['peak_rss'] - r['baseline_rss']):>12}{mib(r['estimate']):>10}{median:>17.2f}"
-              f"{r['tokens_per_step'] / median:>8,.0f}"
-              + (f"   CUDA peak allocated {mib(r['cuda_peak_allocated'])} MiB" if "cuda_peak_allocated" in r else ""))
+        print(
+            f"{name:<20}{mib(r['peak_rss']):>14}{mib(r['sampled_peak_rss']):>9}"
+            f"{mib(r['peak_rss'] - r['baseline_rss']):>12}{mib(r['estimate']):>10}{median:>17.2f}"
+            f"{r['tokens_per_step'] / median:>8,.0f}"
+            + (f"   CUDA peak allocated {mib(r['cuda_peak_allocated'])} MiB" if "cuda_peak_allocated" in r else "")
+        )
     plain, saved = results["plain"], results["grad_checkpointing"]
     ratio = (saved["peak_rss"] - saved["baseline_rss"]) / (plain["peak_rss"] - plain["baseline_rss"])
     slower = statistics.median(saved["step_seconds"]) / statistics.median(plain["step_seconds"])
     print(f"\ngradient checkpointing: {ratio:.0%} of the training memory above the base, {slower:.2f}x the step time")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -85,11 +85,18 @@ def serve_child(args: argparse.Namespace) -> None:
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
-def stream_completion(client: httpx.Client, url: str, max_tokens: int, temperature: float, seed: int
-                      ) -> tuple[int, float]:
+def stream_completion(
+    client: httpx.Client, url: str, max_tokens: int, temperature: float, seed: int
+) -> tuple[int, float]:
     """(completion tokens, seconds to the first text) of one streamed request."""
-    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     first = None
     tokens = None
@@ -110,8 +117,9 @@ def stream_completion(client: httpx.Client, url: str, max_tokens: int, temperatu
     return tokens, first or 0.0
 
 
-def measure(url: str, clients: int, requests: int, max_tokens: int, temperature: float, seed: int,
-            server: psutil.Process) -> dict:
+def measure(
+    url: str, clients: int, requests: int, max_tokens: int, temperature: float, seed: int, server: psutil.Process
+) -> dict:
     """`clients` threads, each streaming `requests` completions back to back; all start together."""
     barrier = threading.Barrier(clients + 1)
     results: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
@@ -139,8 +147,14 @@ def measure(url: str, clients: int, requests: int, max_tokens: int, temperature:
         raise errors[0]
     tokens = sum(n for per_client in results for n, _ in per_client)
     first_token = statistics.median(t for per_client in results for _, t in per_client)
-    return {"tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds, "ttft": first_token,
-            "cpu_ms": cpu / tokens * 1000, "client_cpu_ms": client_cpu / tokens * 1000}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "ttft": first_token,
+        "cpu_ms": cpu / tokens * 1000,
+        "client_cpu_ms": client_cpu / tokens * 1000,
+    }
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -180,9 +194,21 @@ def main() -> None:
         serve_child(args)
         return
 
-    command = [sys.executable, __file__, "--serve", "--clients", ",".join(map(str, args.clients)),
-               "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--device", args.device,
-               "--preset", args.preset]
+    command = [
+        sys.executable,
+        __file__,
+        "--serve",
+        "--clients",
+        ",".join(map(str, args.clients)),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--preset",
+        args.preset,
+    ]
     if args.run:
         command += ["--run", str(args.run)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -195,29 +221,38 @@ def main() -> None:
         rounds: dict[int, list[dict]] = {n: [] for n in args.clients}
         for r in range(args.rounds):
             for n in args.clients:
-                rounds[n].append(measure(url, n, args.requests, args.max_tokens, args.temperature, seed=r * 10_000,
-                                         server=server))
+                rounds[n].append(
+                    measure(url, n, args.requests, args.max_tokens, args.temperature, seed=r * 10_000, server=server)
+                )
         load_after = os.getloadavg()
     finally:
         child.terminate()
         child.wait(timeout=30)
 
     model = f"run {args.run}" if args.run else f"{args.preset} preset shape, random weights, vocab 8192"
-    print(f"model: {model}; {args.max_tokens} tokens per request at temperature {args.temperature}, "
-          f"{args.requests} requests per client per round, {args.rounds} rounds; "
-          f"server torch threads: {args.threads or 'default'}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, server on {args.device}; "
-          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(
+        f"model: {model}; {args.max_tokens} tokens per request at temperature {args.temperature}, "
+        f"{args.requests} requests per client per round, {args.rounds} rounds; "
+        f"server torch threads: {args.threads or 'default'}"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, server on {args.device}; "
+        f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+    )
     base = args.clients[0]
-    print(f"{'clients':>8} {'tok/s median':>13} {'best':>8} {'per client':>11} {'TTFT median':>12} "
-          f"{'server CPU/token':>17} {'client CPU/token':>17} {'vs ' + str(base):>8}")
+    print(
+        f"{'clients':>8} {'tok/s median':>13} {'best':>8} {'per client':>11} {'TTFT median':>12} "
+        f"{'server CPU/token':>17} {'client CPU/token':>17} {'vs ' + str(base):>8}"
+    )
     for n in args.clients:
         tok_s = [m["tok_s"] for m in rounds[n]]
         ratio = statistics.median(m["tok_s"] / b["tok_s"] for m, b in zip(rounds[n], rounds[base]))
-        print(f"{n:>8} {statistics.median(tok_s):>13.1f} {max(tok_s):>8.1f} {statistics.median(tok_s) / n:>11.1f} "
-              f"{statistics.median(m['ttft'] for m in rounds[n]) * 1000:>10.0f}ms "
-              f"{statistics.median(m['cpu_ms'] for m in rounds[n]):>15.2f}ms "
-              f"{statistics.median(m['client_cpu_ms'] for m in rounds[n]):>15.2f}ms {ratio:>7.2f}x")
+        print(
+            f"{n:>8} {statistics.median(tok_s):>13.1f} {max(tok_s):>8.1f} {statistics.median(tok_s) / n:>11.1f} "
+            f"{statistics.median(m['ttft'] for m in rounds[n]) * 1000:>10.0f}ms "
+            f"{statistics.median(m['cpu_ms'] for m in rounds[n]):>15.2f}ms "
+            f"{statistics.median(m['client_cpu_ms'] for m in rounds[n]):>15.2f}ms {ratio:>7.2f}x"
+        )
 
 
 if __name__ == "__main__":

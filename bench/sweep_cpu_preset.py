@@ -35,8 +35,10 @@ CANDIDATES: dict[str, tuple[int, list[str]]] = {
     "wide-384": (8192, ["model.d_model=384", "model.n_heads=6"]),
     "small-192-lr-3e-3": (8192, ["model.d_model=192", "model.n_heads=3", "model.n_layers=3", "lr=3e-3"]),
     "small-192-4l": (8192, ["model.d_model=192", "model.n_heads=3", "model.n_layers=4"]),
-    "small-192-batch-2k": (8192, ["model.d_model=192", "model.n_heads=3", "model.n_layers=3", "batch_tokens=2048",
-                                  "micro_batch=8"]),
+    "small-192-batch-2k": (
+        8192,
+        ["model.d_model=192", "model.n_heads=3", "model.n_layers=3", "batch_tokens=2048", "micro_batch=8"],
+    ),
     "tiny-128": (8192, ["model.d_model=128", "model.n_heads=2", "model.n_layers=4"]),
 }
 
@@ -90,14 +92,19 @@ def main() -> None:
         wall = time.perf_counter() - start
         result = final_eval(run / "metrics.jsonl")
         rows.append((name, vocab, " ".join(overrides) or "(preset)", result, wall))
-        print(f"{name}: val_bpb {result['val_bpb']:.4f} after {result['step']} steps, "
-              f"{result['train_tokens']:,} tokens, {wall:.0f} s wall", flush=True)
+        print(
+            f"{name}: val_bpb {result['val_bpb']:.4f} after {result['step']} steps, "
+            f"{result['train_tokens']:,} tokens, {wall:.0f} s wall",
+            flush=True,
+        )
 
     print("\n| candidate | vocab | overrides | steps | train tokens | val loss | val bpb | wall |")
     print("|---|---|---|---|---|---|---|---|")
     for name, vocab, overrides, r, wall in sorted(rows, key=lambda row: row[3]["val_bpb"]):
-        print(f"| {name} | {vocab} | {overrides} | {r['step']} | {r['train_tokens']:,} | "
-              f"{r['val_loss']:.4f} | **{r['val_bpb']:.4f}** | {wall:.0f} s |")
+        print(
+            f"| {name} | {vocab} | {overrides} | {r['step']} | {r['train_tokens']:,} | "
+            f"{r['val_loss']:.4f} | **{r['val_bpb']:.4f}** | {wall:.0f} s |"
+        )
 
 
 if __name__ == "__main__":

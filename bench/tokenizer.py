@@ -106,8 +106,10 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {cores} usable cores, Python "
         f"{platform.python_version()}, tiktoken {tiktoken.__version__}"
     )
-    print(f"corpus: {'run ' + str(args.run) if args.run else 'bundled files'}; train {len(train):,} documents "
-          f"({train_bytes / 1e6:.2f} MB), val {len(val):,} documents ({val_bytes / 1e6:.2f} MB)\n")
+    print(
+        f"corpus: {'run ' + str(args.run) if args.run else 'bundled files'}; train {len(train):,} documents "
+        f"({train_bytes / 1e6:.2f} MB), val {len(val):,} documents ({val_bytes / 1e6:.2f} MB)\n"
+    )
 
     # --- training: alternate the trainers and keep each one's best time (the machine may be shared) ---
     ours_s = hf_gpt2_s = hf_gpt4_s = float("inf")
@@ -147,15 +149,24 @@ def main() -> None:
     assert reference_ids == ours.encode(sample), "reference and fast encoders disagree"
     rows += [
         (f"encode train split, batch on {cores} threads: ownllm", throughput(train_bytes, batch_s)),
-        (f"encode train split, batch on {cores} threads: our tiktoken Encoding called directly", throughput(train_bytes, tiktoken_batch_s)),
-        (f"encode train split, batch on {cores} threads: HF tokenizers (gpt4 split)", throughput(train_bytes, hf_batch_s)),
+        (
+            f"encode train split, batch on {cores} threads: our tiktoken Encoding called directly",
+            throughput(train_bytes, tiktoken_batch_s),
+        ),
+        (
+            f"encode train split, batch on {cores} threads: HF tokenizers (gpt4 split)",
+            throughput(train_bytes, hf_batch_s),
+        ),
         ("encode train split, one call per document: ownllm", throughput(train_bytes, single_s)),
         ("encode train split, one call per document: tiktoken directly", throughput(train_bytes, tiktoken_single_s)),
         ("encode train split, one call per document: HF tokenizers", throughput(train_bytes, hf_single_s)),
-        (f"encode {sample_bytes / 1e3:.0f} kB: ownllm reference encoder (pure Python)", throughput(sample_bytes, reference_s)),
+        (
+            f"encode {sample_bytes / 1e3:.0f} kB: ownllm reference encoder (pure Python)",
+            throughput(sample_bytes, reference_s),
+        ),
     ]
 
-    # --- compression on the validation split ----------------------------------------------------------------------------
+    # --- compression on the validation split -----------------------------------------------------------------------
     ours_tokens = sum(map(len, ours.encode_batch(val, num_threads=cores)))
     hf_tokens = sum(len(e.ids) for e in hf_gpt4.encode_batch(val, add_special_tokens=False))
     hf_gpt2_tokens = sum(len(e.ids) for e in hf_gpt2.encode_batch(val, add_special_tokens=False))

@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from ownllm.core.device import cpu_peak_flops, measure_matmul_flops  # noqa: E402
 from ownllm.model import Transformer  # noqa: E402
 from ownllm.model.hf_compat import hf_llama_config, to_hf_llama_state_dict  # noqa: E402
 from ownllm.train.config import load_config  # noqa: E402
-from ownllm.core.device import cpu_peak_flops, measure_matmul_flops  # noqa: E402
 from ownllm.train.optim import build_optimizer  # noqa: E402
 
 
@@ -55,8 +55,8 @@ def main() -> None:
     config.model.vocab_size = args.vocab
     B, T, V = config.micro_batch, config.seq_len, args.vocab
 
-    from transformers import LlamaConfig, LlamaForCausalLM
     import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     ours = Transformer(config.model)
     hf = LlamaForCausalLM(LlamaConfig(**hf_llama_config(config.model), attn_implementation="sdpa"))
@@ -94,11 +94,18 @@ def main() -> None:
         name: build_optimizer(model, 1e-4, 0.1, (0.9, 0.95), device) for name, (model, _) in contenders.items()
     }
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads (machine shared with other processes)", flush=True)
-    print(f"model: {args.preset} preset, {config.model.n_layers} layers x {config.model.d_model}, "
-          f"{config.model.n_heads} heads, vocab {V}, {ours.num_params():,} parameters; "
-          f"batch {B} x {T} = {B * T} tokens, fp32; max logit difference ours vs HF {logit_diff:.1e}", flush=True)
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{platform.processor() or platform.machine()}, "
+        f"{args.threads} threads (machine shared with other processes)",
+        flush=True,
+    )
+    print(
+        f"model: {args.preset} preset, {config.model.n_layers} layers x {config.model.d_model}, "
+        f"{config.model.n_heads} heads, vocab {V}, {ours.num_params():,} parameters; "
+        f"batch {B} x {T} = {B * T} tokens, fp32; max logit difference ours vs HF {logit_diff:.1e}",
+        flush=True,
+    )
 
     for name, (model, step) in contenders.items():  # warm-up (and compilation)
         start = time.perf_counter()
@@ -121,16 +128,23 @@ def main() -> None:
     ceiling = cpu_peak_flops(torch.float32)
     ceiling_all_threads = max(measure_matmul_flops(device, torch.float32, size=s) for s in (256, 512, 1024))
     flops_per_token = ours.flops_per_token(T)
-    print(f"\nfp32 matmul ceiling: {ceiling / 1e9:.0f} GFLOP/s (best single-core 256^3 product x {args.threads}); "
-          f"measured with all threads at once: {ceiling_all_threads / 1e9:.0f} GFLOP/s")
+    print(
+        f"\nfp32 matmul ceiling: {ceiling / 1e9:.0f} GFLOP/s (best single-core 256^3 product x {args.threads}); "
+        f"measured with all threads at once: {ceiling_all_threads / 1e9:.0f} GFLOP/s"
+    )
     print(f"model FLOPs per token (forward + backward): {flops_per_token / 1e6:.1f} M\n")
     results = {}
     print(f"{'contender':<22}{'median tok/s':>14}{'MFU':>7}{'best tok/s':>12}{'MFU':>7}{'worst':>8}")
     for name in names:
         median, best = statistics.median(rates[name]), max(rates[name])
         mfu, best_mfu = median * flops_per_token / ceiling, best * flops_per_token / ceiling
-        results[name] = {"median_tok_per_s": median, "best_tok_per_s": best, "all_tok_per_s": rates[name],
-                         "mfu": mfu, "best_mfu": best_mfu}
+        results[name] = {
+            "median_tok_per_s": median,
+            "best_tok_per_s": best,
+            "all_tok_per_s": rates[name],
+            "mfu": mfu,
+            "best_mfu": best_mfu,
+        }
         print(f"{name:<22}{median:>14,.0f}{mfu:>7.1%}{best:>12,.0f}{best_mfu:>7.1%}{min(rates[name]):>8,.0f}")
     print()
     pairs = [("ownllm (eager)", "HF Llama (eager)")]
@@ -140,13 +154,27 @@ def main() -> None:
         paired = [x / y for x, y in zip(rates[a], rates[b])]
         ratio = statistics.median(rates[a]) / statistics.median(rates[b])
         best_ratio = max(rates[a]) / max(rates[b])
-        results[f"{a} / {b}"] = {"ratio_of_medians": ratio, "median_round_ratio": statistics.median(paired),
-                                 "ratio_of_bests": best_ratio}
-        print(f"{a} / {b}: {statistics.median(paired):.2f}x median of per-round ratios (range {min(paired):.2f}-"
-              f"{max(paired):.2f}); {ratio:.2f}x ratio of medians; {best_ratio:.2f}x ratio of bests")
+        results[f"{a} / {b}"] = {
+            "ratio_of_medians": ratio,
+            "median_round_ratio": statistics.median(paired),
+            "ratio_of_bests": best_ratio,
+        }
+        print(
+            f"{a} / {b}: {statistics.median(paired):.2f}x median of per-round ratios (range {min(paired):.2f}-"
+            f"{max(paired):.2f}); {ratio:.2f}x ratio of medians; {best_ratio:.2f}x ratio of bests"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "ceiling_flops": ceiling,
-                                         "flops_per_token": flops_per_token, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"json": str(args.json)},
+                    "ceiling_flops": ceiling,
+                    "flops_per_token": flops_per_token,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

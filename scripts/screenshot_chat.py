@@ -32,8 +32,11 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/demo"))
     parser.add_argument("--prompt", action="append", required=True, help="a message to send; repeatable")
     parser.add_argument("--out", type=Path, default=Path("docs/screenshot-chat.png"))
-    parser.add_argument("--new-chat", action="store_true",
-                        help="send each prompt in a new conversation (the screenshot shows the last one)")
+    parser.add_argument(
+        "--new-chat",
+        action="store_true",
+        help="send each prompt in a new conversation (the screenshot shows the last one)",
+    )
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument("--width", type=int, default=1100)

@@ -1,48 +1,32 @@
-"""Shared test fixtures: the bundled corpus and a way to run the real `ownllm` command."""
+"""Fixtures every test module may use; the code they share lives in tests/helpers/.
+
+Every test starts from the same random state (Python, NumPy, PyTorch), so a failure replays.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
+import random
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "src" / "ownllm" / "resources" / "corpus"
+from helpers import CORPUS, run_ownllm, torch_threads
+from helpers.runs import bpe_run, ownllm_here
 
 
-def run_ownllm(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
-    """Run `python -m ownllm ARGS` as a real process; return the CompletedProcess (text mode)."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "ownllm", *map(str, args)],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture(autouse=True)
+def seeded_random_state():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture
 def ownllm():
     return run_ownllm
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run the block with PyTorch on n threads, then restore the count."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -55,3 +39,36 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def bundled_corpus() -> Path:
     return CORPUS
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+    """A run with a real BPE tokenizer (vocabulary 400) and token shards, not pretrained."""
+    return bpe_run(tmp_path_factory.mktemp("bpe") / "run")
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tokenizer_run, tmp_path_factory):
+    """The tokenizer run after a few seconds of tiny pretraining, with room for 256-token conversations."""
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    shutil.copytree(tokenizer_run, run)
+    status, err = ownllm_here(
+        None,
+        "pretrain",
+        "--run",
+        run,
+        "--preset",
+        "tiny",
+        "--set",
+        "threads=1",
+        "--set",
+        "model.max_seq_len=256",
+        "--set",
+        "steps=4",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "sample_every=0",
+    )
+    assert status == 0, err
+    return run

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
-from test_train_helpers import story_documents
 
+from helpers.chat import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
+from helpers.runs import story_documents
 from ownllm.assistant.reply import ContextOverflow, fit_to_context, reply
 from ownllm.chatformat.conversation import validate
 from ownllm.chatformat.template import ChatTemplate
@@ -38,11 +38,14 @@ def long_chat():
     """system, then three exchanges (the first with a tool call), then the latest question."""
     return [
         {"role": "system", "content": "You are Pip."},
-        user("What is 6 * 7?"), assistant("", call="6 * 7"), {"role": "tool", "content": "42"},
+        user("What is 6 * 7?"),
+        assistant("", call="6 * 7"),
+        {"role": "tool", "content": "42"},
         assistant("6 * 7 = 42."),
         user("Tell me about the little dog who found a red ball in the park."),
         assistant("Once upon a time, a little dog found a red ball in the park and played all day."),
-        user("And then?"), assistant("Then he went home and slept."),
+        user("And then?"),
+        assistant("Then he went home and slept."),
         user("Thank you!"),
     ]
 
@@ -69,13 +72,13 @@ def test_every_budget_keeps_system_and_latest_message_and_drops_as_little_as_pos
     chat = long_chat() if with_system else long_chat()[1:]
     head = chat[:1] if with_system else []
     exchange_starts = [i for i, m in enumerate(chat) if m["role"] == "user"]
-    smallest = len(template.render_prompt(head + chat[exchange_starts[-1]:]))
+    smallest = len(template.render_prompt(head + chat[exchange_starts[-1] :]))
     for budget in range(smallest, len(template.render_prompt(chat)) + 2):
         kept, dropped = fit_to_context(template, chat, budget)
         validate(kept)  # never a dangling tool result or a reply without its question
         assert kept[: len(head)] == head and kept[-1] == chat[-1]
         assert len(template.render_prompt(kept)) <= budget
-        assert kept[len(head):] == chat[len(chat) - len(kept) + len(head):]  # a whole suffix of exchanges
+        assert kept[len(head) :] == chat[len(chat) - len(kept) + len(head) :]  # a whole suffix of exchanges
         assert dropped == len(chat) - len(kept)
         assert chat.index(kept[len(head)]) in exchange_starts
         if dropped:  # keeping one more exchange would not have fit
@@ -85,9 +88,14 @@ def test_every_budget_keeps_system_and_latest_message_and_drops_as_little_as_pos
 
 def test_trimming_a_conversation_that_ends_with_a_tool_result_keeps_the_whole_last_exchange(template):
     # What the reply loop trims after a tool call: the latest exchange is question, call, result.
-    chat = [{"role": "system", "content": "You are Pip."},
-            user("Tell me a story."), assistant("Once upon a time, a dog found a ball."),
-            user("What is 6 * 7?"), assistant("", call="6 * 7"), {"role": "tool", "content": "42"}]
+    chat = [
+        {"role": "system", "content": "You are Pip."},
+        user("Tell me a story."),
+        assistant("Once upon a time, a dog found a ball."),
+        user("What is 6 * 7?"),
+        assistant("", call="6 * 7"),
+        {"role": "tool", "content": "42"},
+    ]
     kept, dropped = fit_to_context(template, chat, len(template.render_prompt(chat)) - 1)
     assert (kept, dropped) == ([chat[0], *chat[3:]], 2)
 
@@ -134,8 +142,9 @@ def test_a_tool_call_runs_the_calculator_and_the_model_answers_with_its_result(e
     assert done.finish_reason == "stop" and done.dropped == 0
     assert done.prompt_tokens == len(chat_template.render_prompt(ask(TOOL_QUESTION) + done.messages[:2]))
     # Every generated token, each turn's <|end_of_turn|> included: the call turn, then the answer turn.
-    call_turn = len(chat_template.render(ask(TOOL_QUESTION) + [call]).ids) \
-        - len(chat_template.render_prompt(ask(TOOL_QUESTION)))
+    call_turn = len(chat_template.render(ask(TOOL_QUESTION) + [call]).ids) - len(
+        chat_template.render_prompt(ask(TOOL_QUESTION))
+    )
     answer_turn = len(engine.tokenizer.encode_ordinary(TOOL_ANSWER)) + 1
     assert done.completion_tokens == call_turn + answer_turn
 
@@ -165,10 +174,12 @@ def test_a_call_cut_off_by_max_tokens_is_neither_run_nor_kept(engine, chat_templ
 
 def test_max_tokens_bounds_the_whole_reply_tool_calls_included(engine, chat_template, one_torch_thread):
     # Room for the call turn and 2 tokens more: the answer after the tool result is cut short.
-    call_turn = len(chat_template.render([*ask(TOOL_QUESTION), assistant("", call="12 * 7")]).ids) \
-        - len(chat_template.render_prompt(ask(TOOL_QUESTION)))
-    events = list(reply(engine, chat_template, ask(TOOL_QUESTION),
-                        SamplingParams(temperature=0, max_tokens=call_turn + 2)))
+    call_turn = len(chat_template.render([*ask(TOOL_QUESTION), assistant("", call="12 * 7")]).ids) - len(
+        chat_template.render_prompt(ask(TOOL_QUESTION))
+    )
+    events = list(
+        reply(engine, chat_template, ask(TOOL_QUESTION), SamplingParams(temperature=0, max_tokens=call_turn + 2))
+    )
     done = events[-1]
     assert done.finish_reason == "length" and done.completion_tokens == call_turn + 2
     assert [m["role"] for m in done.messages] == ["assistant", "tool", "assistant"]
@@ -199,7 +210,7 @@ def test_a_long_history_is_trimmed_to_leave_room_for_the_reply(engine, chat_temp
     done = list(reply(engine, chat_template, chat, params, max_tool_calls=0))[-1]  # one prompt only
     assert done.dropped > 0 and done.dropped % 2 == 0
     assert done.prompt_tokens <= engine.context_size - 100
-    assert done.prompt_tokens == len(chat_template.render_prompt([chat[0], *chat[1 + done.dropped:]]))
+    assert done.prompt_tokens == len(chat_template.render_prompt([chat[0], *chat[1 + done.dropped :]]))
     with pytest.raises(ContextOverflow):
         next(reply(engine, chat_template, chat, params, truncate=False))
 

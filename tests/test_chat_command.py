@@ -1,6 +1,6 @@
 """`ownllm chat`: the session (history, settings, save/load), one-shot and piped use, and the
 interactive loop driven through a pseudo-terminal, all on a tiny model trained to answer the
-fixture's questions (tests/chat_fixtures.py)."""
+fixture's questions (tests/helpers/chat.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
-from conftest import REPO, run_ownllm
 
-from ownllm.commands.chat import Repl, describe_tool_call
+from helpers import REPO, run_ownllm
+from helpers.chat import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
 from ownllm.assistant.session import ChatSession, Settings
 from ownllm.cli import main
+from ownllm.commands.chat import Repl, describe_tool_call
 from ownllm.core.errors import UserError
 
 GREEDY = Settings(temperature=0)
@@ -58,8 +58,15 @@ def test_history_grows_turn_by_turn_with_tool_calls_and_results(fresh):
     assert reply_text(fresh.send(TOOL_QUESTION)) == TOOL_ANSWER
     fresh.set("max_tokens", "12")
     assert reply_text(fresh.send(SONG_REQUEST)).startswith("la la")  # what the model learnt after the first turn
-    assert [m["role"] for m in fresh.conversation()] == ["system", "user", "assistant", "tool", "assistant", "user",
-                                                         "assistant"]
+    assert [m["role"] for m in fresh.conversation()] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert fresh.history[1]["tool_call"] == {"name": "calculator", "arguments": "12 * 7"}
 
 
@@ -91,8 +98,9 @@ def test_settings_are_checked_and_unknown_names_are_listed(fresh):
     assert (fresh.settings.temperature, fresh.settings.seed) == (0.7, None)
     with pytest.raises(UserError) as raised:
         fresh.set("temprature", "1")
-    assert str(raised.value) == ("unknown setting 'temprature'; settings: temperature, top_k, top_p, "
-                                 "repetition_penalty, max_tokens, seed")
+    assert str(raised.value) == (
+        "unknown setting 'temprature'; settings: temperature, top_k, top_p, repetition_penalty, max_tokens, seed"
+    )
     for name, value in (("temperature", "-1"), ("top_p", "0"), ("max_tokens", "many"), ("top_k", "1.5")):
         with pytest.raises(UserError):
             fresh.set(name, value)
@@ -112,20 +120,36 @@ def test_save_and_load_give_back_the_same_conversation_and_settings(fresh, tmp_p
     assert fresh.conversation() == conversation and fresh.settings == settings
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("{not json", "not JSON"),
-    (json.dumps({"messages": []}), "is not a saved chat"),
-    (json.dumps({"format": "ownllm.chat", "version": 9, "messages": []}), "version 9"),
-    (json.dumps({"format": "ownllm.chat", "version": 1,
-                 "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]}),
-     "message 2 is a user message after a user message"),
-    (json.dumps({"format": "ownllm.chat", "version": 1, "messages": [{"role": "user", "content": "hi"}]}),
-     "ends with a user message"),
-    (json.dumps({"format": "ownllm.chat", "version": 1, "messages": [], "settings": {"temperature": -2}}),
-     "temperature=-2.0 is invalid"),
-    (json.dumps({"format": "ownllm.chat", "version": 1, "messages": [], "settings": {"warmth": 1}}),
-     "unknown settings ['warmth']"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("{not json", "not JSON"),
+        (json.dumps({"messages": []}), "is not a saved chat"),
+        (json.dumps({"format": "ownllm.chat", "version": 9, "messages": []}), "version 9"),
+        (
+            json.dumps(
+                {
+                    "format": "ownllm.chat",
+                    "version": 1,
+                    "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}],
+                }
+            ),
+            "message 2 is a user message after a user message",
+        ),
+        (
+            json.dumps({"format": "ownllm.chat", "version": 1, "messages": [{"role": "user", "content": "hi"}]}),
+            "ends with a user message",
+        ),
+        (
+            json.dumps({"format": "ownllm.chat", "version": 1, "messages": [], "settings": {"temperature": -2}}),
+            "temperature=-2.0 is invalid",
+        ),
+        (
+            json.dumps({"format": "ownllm.chat", "version": 1, "messages": [], "settings": {"warmth": 1}}),
+            "unknown settings ['warmth']",
+        ),
+    ],
+)
 def test_load_refuses_a_bad_file_in_one_line_and_changes_nothing(fresh, tmp_path, content, expected):
     list(fresh.send(GREETING))
     before = (fresh.conversation(), fresh.settings)
@@ -156,10 +180,14 @@ def test_the_chat_says_once_when_earlier_turns_stop_fitting(fresh, run, capsys):
 
 def test_tool_calls_are_shown_readably():
     assert describe_tool_call({"name": "calculator", "arguments": "12 * 7"}, "84") == "calculator: 12 * 7 = 84"
-    assert describe_tool_call({"name": "calculator", "arguments": "1 / 0"}, "error: division by zero") \
+    assert (
+        describe_tool_call({"name": "calculator", "arguments": "1 / 0"}, "error: division by zero")
         == "calculator: 1 / 0 -> error: division by zero"
-    assert describe_tool_call({"name": "", "arguments": "12 * 7"}, "error: a tool call must look like ...") \
+    )
+    assert (
+        describe_tool_call({"name": "", "arguments": "12 * 7"}, "error: a tool call must look like ...")
         == "tool call: 12 * 7 -> error: a tool call must look like ..."
+    )
 
 
 # ---- one answer for a script --------------------------------------------------------------------
@@ -187,12 +215,15 @@ def test_a_missing_run_exits_2_with_one_line(tmp_path):
     assert result.stderr.startswith("error: run directory") and result.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("args, stdin, expected", [
-    (["-p", "hi", "--temperature", "-1"], "", "temperature=-1.0 is invalid"),
-    (["-p", "hi", "--max-tokens", "0"], "", "max_tokens=0 is invalid"),
-    (["--stage", "pretrain", "-p", "hi"], "", "no pretrain checkpoint"),
-    ([], "   \n", "the prompt is empty"),
-])
+@pytest.mark.parametrize(
+    "args, stdin, expected",
+    [
+        (["-p", "hi", "--temperature", "-1"], "", "temperature=-1.0 is invalid"),
+        (["-p", "hi", "--max-tokens", "0"], "", "max_tokens=0 is invalid"),
+        (["--stage", "pretrain", "-p", "hi"], "", "no pretrain checkpoint"),
+        ([], "   \n", "the prompt is empty"),
+    ],
+)
 def test_user_mistakes_exit_2_with_one_line(run, monkeypatch, capsys, args, stdin, expected):
     """In-process (the same main() as the command, without a second PyTorch start-up per case)."""
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
@@ -218,9 +249,16 @@ def threads_taking_ctrl_c(pid: int) -> list[int]:
 
 def test_interactive_chat_through_a_terminal(run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TERM": "dumb", "OWNLLM_PROGRESS": "0"}
-    chat = pexpect.spawn(sys.executable, ["-m", "ownllm", "chat", "--run", str(run), "--device", "cpu"],
-                         env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    chat = pexpect.spawn(
+        sys.executable,
+        ["-m", "ownllm", "chat", "--run", str(run), "--device", "cpu"],
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 200),
+    )
     try:
+
         def command(line: str, *expected: str) -> None:
             chat.sendline(line)
             for text in expected:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CORPUS
 
+from helpers import CORPUS
 from ownllm.chatformat import ChatTemplate, InvalidConversation, validate
 from ownllm.chatformat.template import IGNORE_INDEX
 from ownllm.core.errors import UserError

@@ -7,12 +7,10 @@ import sys
 import unicodedata
 
 import pytest
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ownllm.cli import main
-from ownllm.run import corpus_shards
 from ownllm.data.cleaning import (
     _normalize_lines,
     clean_text,
@@ -24,7 +22,7 @@ from ownllm.data.cleaning import (
 )
 from ownllm.data.processing import DocumentProcessor, ProcessingSettings
 from ownllm.data.quality import QualityThresholds
-from ownllm.run import RunDir
+from ownllm.run import RunDir, corpus_shards
 
 GUTENBERG_BOOK = """\ufeffThe Project Gutenberg eBook of Alice's Adventures in Wonderland
 
@@ -105,8 +103,7 @@ def test_html_markup_is_removed_and_text_kept():
     this</pre></body></html>"""
     text = clean_text(html_to_text(html))
     assert text == (
-        "My page\n\nHeading\n\nFirst paragraph with bold and a link & an entity here.\n\n"
-        "one\ntwo\n\n  keep\n    this"
+        "My page\n\nHeading\n\nFirst paragraph with bold and a link & an entity here.\n\none\ntwo\n\n  keep\n    this"
     )
 
 

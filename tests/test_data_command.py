@@ -12,8 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ownllm.cli import main
-from ownllm.run import corpus_shards
-from ownllm.run import RunDir
+from ownllm.run import RunDir, corpus_shards
 
 STORY_SPLIT = re.compile(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)")
 
@@ -119,8 +118,20 @@ def test_every_format_and_the_manifest(tmp_path, stories, data):
     pq.write_table(pa.table({"body": [stories[4], stories[5]]}), src / "d.parquet")
     (src / "e.txt.gz").write_bytes(gzip.compress(b"caf\xe9 " + stories[6].encode()))  # latin-1 byte
     status, err = data(
-        "--run", tmp_path / "run", "--input", src, "--boundary", "delimiter:<|endoftext|>",
-        "--jsonl-field", "body", "--parquet-column", "body", "--val-fraction", 0, "--workers", 1,
+        "--run",
+        tmp_path / "run",
+        "--input",
+        src,
+        "--boundary",
+        "delimiter:<|endoftext|>",
+        "--jsonl-field",
+        "body",
+        "--parquet-column",
+        "body",
+        "--val-fraction",
+        0,
+        "--workers",
+        1,
     )
     assert status == 0, err
     m = manifest_of(tmp_path / "run")

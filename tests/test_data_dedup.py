@@ -67,7 +67,7 @@ def test_exact_key_ignores_case_and_whitespace_only(stories):
 
 def test_split_fraction_is_uniform(stories):
     fractions = np.array([key_fraction(exact_key(s)) for s in stories])
-    assert 0 <= fractions.min() and fractions.max() < 1
+    assert fractions.min() >= 0 and fractions.max() < 1
     assert abs(np.mean(fractions < 0.05) - 0.05) < 0.02
     assert abs(np.mean(fractions < 0.5) - 0.5) < 0.05
 

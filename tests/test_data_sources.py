@@ -14,6 +14,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ownllm.core.errors import UserError
 from ownllm.data.sources import (
     BUNDLED_CORPUS,
     Boundary,
@@ -24,7 +25,6 @@ from ownllm.data.sources import (
     resolve_inputs,
     split_documents,
 )
-from ownllm.core.errors import UserError
 
 FILE = Boundary.parse("file")
 

@@ -11,12 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from ownllm.run import corpus_shards, token_shards
+from helpers import REPO
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_directory, atomic_open, atomic_write_json
-from ownllm.run import RunDir
-
-from conftest import REPO
+from ownllm.run import RunDir, corpus_shards, token_shards
 
 
 def test_help_lists_every_stage(ownllm):
@@ -41,10 +39,9 @@ def test_unknown_command_is_a_usage_error(ownllm):
 def test_atomic_open_keeps_old_file_when_writer_fails(tmp_path):
     target = tmp_path / "artifact.json"
     atomic_write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_open(target, "w") as f:
-            f.write('{"v": 2, "half')
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_open(target, "w") as f:
+        f.write('{"v": 2, "half')
+        raise RuntimeError("crash mid-write")
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["artifact.json"], "temporary file left behind"
 
@@ -73,10 +70,9 @@ def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
     target = tmp_path / "tokenizer"
     with atomic_directory(target) as d:
         (d / "a.txt").write_text("first")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(target) as d:
-            (d / "a.txt").write_text("second")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_directory(target) as d:
+        (d / "a.txt").write_text("second")
+        raise RuntimeError("interrupted")
     assert (target / "a.txt").read_text() == "first"
     with atomic_directory(target) as d:
         (d / "b.txt").write_text("third")
@@ -105,11 +101,13 @@ def _write_corpus(path, docs):
         w = corpus_shards.CorpusWriter(d, shard_bytes=64)
         for i, text in enumerate(docs):
             w.add("val" if i % 3 == 0 else "train", text)
-        atomic_write_json(d / "manifest.json", {"format": corpus_shards.FORMAT, "version": corpus_shards.VERSION, **w.close()})
+        atomic_write_json(
+            d / "manifest.json", {"format": corpus_shards.FORMAT, "version": corpus_shards.VERSION, **w.close()}
+        )
 
 
 def test_corpus_shards_round_trip_and_hash(tmp_path):
-    docs = [f"document {i} with text ünïcode ✓ \"quotes\"\nand a second line" for i in range(10)]
+    docs = [f'document {i} with text ünïcode ✓ "quotes"\nand a second line' for i in range(10)]
     _write_corpus(tmp_path / "corpus", docs)
     manifest = corpus_shards.read_manifest(tmp_path / "corpus")
     assert len(manifest["splits"]["train"]["files"]) > 1, "small shard size should give several shards"
@@ -140,9 +138,14 @@ def _write_tokens(tokens_dir, vocab_size, arrays):
         for a in arrays:
             w.add(a, text_bytes=len(a) * 3)
         meta = {
-            "format": token_shards.FORMAT, "version": token_shards.VERSION,
-            "dtype": w.dtype.str, "vocab_size": vocab_size, "eot_id": vocab_size - 1,
-            "tokenizer_hash": "t", "corpus_hash": "c", "splits": {"train": w.close()},
+            "format": token_shards.FORMAT,
+            "version": token_shards.VERSION,
+            "dtype": w.dtype.str,
+            "vocab_size": vocab_size,
+            "eot_id": vocab_size - 1,
+            "tokenizer_hash": "t",
+            "corpus_hash": "c",
+            "splits": {"train": w.close()},
         }
         atomic_write_json(d / "meta.json", meta)
 

@@ -1,4 +1,4 @@
-"""Fixed-shape decode steps (inference/graphed_decode.py): the same tokens as the plain step, with and without CUDA graphs.
+"""Fixed-shape decode steps (inference/graphed_decode.py): the plain step's tokens, with and without CUDA graphs.
 
 On any machine the static step (padded rows and key positions under a mask) must decode
 exactly what the engine's plain step decodes. Where CUDA exists, the captured graphs must
@@ -23,8 +23,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU vis
 
 def random_model(device: str = "cpu", max_seq_len: int = 256) -> Transformer:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=BYTES.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                         max_seq_len=max_seq_len)
+    config = ModelConfig(
+        vocab_size=BYTES.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=max_seq_len
+    )
     return Transformer(config).to(device).eval()
 
 
@@ -69,7 +70,9 @@ def test_static_step_fills_the_cache_like_the_plain_step(one_thread):
             if static:
                 logits = decoder([0, 2], lengths, tokens)
             else:
-                logits = model(torch.tensor(tokens).view(2, 1), cache=cache.view([0, 2], lengths, 1), last_only=True)[:, 0]
+                logits = model(torch.tensor(tokens).view(2, 1), cache=cache.view([0, 2], lengths, 1), last_only=True)[
+                    :, 0
+                ]
         caches.append((cache, logits))
     (plain, plain_logits), (static, static_logits) = caches
     torch.testing.assert_close(static_logits, plain_logits, rtol=1e-5, atol=1e-5)

@@ -16,8 +16,8 @@ from ownllm.inference.detokenize import Detokenizer
 from ownllm.inference.engine import Engine, EngineBusy, EngineError, SamplingParams
 from ownllm.inference.sampling import RowSampler, draw, filter_logits, penalize_repetitions, pick_tokens
 from ownllm.model import ModelConfig, Transformer
-from ownllm.tokenizer import Tokenizer
 from ownllm.run.checkpoints import save_checkpoint
+from ownllm.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,8 +29,9 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=40)
 
 def random_model(max_seq_len: int = 64, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=BYTES.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                         max_seq_len=max_seq_len)
+    config = ModelConfig(
+        vocab_size=BYTES.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=max_seq_len
+    )
     return Transformer(config).eval()
 
 
@@ -213,8 +214,17 @@ def test_repetition_penalty_in_the_engine_avoids_repeats(engine):
 
 
 def test_bad_settings_and_prompts_are_user_errors(engine):
-    bad_settings = [("max_tokens", 0), ("temperature", -1), ("top_p", 0), ("top_k", -3), ("repetition_penalty", 0),
-                    ("temperature", float("nan")), ("stop", ("",)), ("seed", 2**70), ("seed", -1)]
+    bad_settings = [
+        ("max_tokens", 0),
+        ("temperature", -1),
+        ("top_p", 0),
+        ("top_k", -3),
+        ("repetition_penalty", 0),
+        ("temperature", float("nan")),
+        ("stop", ("",)),
+        ("seed", 2**70),
+        ("seed", -1),
+    ]
     for name, value in bad_settings:
         with pytest.raises(UserError, match=name):
             engine.stream([1], SamplingParams(**{name: value}))
@@ -264,7 +274,7 @@ def test_stop_string_is_cut_and_held_text_is_released_when_it_does_not_match(mem
     texts = [e.text for e in events]
     assert "".join(texts) == MEMORIZED
     w = texts.index("wörl")  # "w", both bytes of "ö" and "r" were held: they might have begun "wörk"
-    assert texts[w - 4: w] == ["", "", "", ""] and events[-1].finish_reason == "stop"
+    assert texts[w - 4 : w] == ["", "", "", ""] and events[-1].finish_reason == "stop"
 
 
 def test_detokenizer_holds_only_what_could_begin_a_stop_string():
@@ -406,7 +416,7 @@ def test_keyboard_interrupt_in_the_consumer_cancels(model):
 
 def test_close_finishes_pending_requests_as_cancelled(model):
     gated = Gated(model)
-    engine = Engine(gated, BYTES, max_slots=1)
+    engine = Engine(gated, BYTES, max_slots=1, stop_ids=frozenset())  # no stop token: only close() ends them
     first, second = engine.stream([1], GREEDY), engine.stream([2], GREEDY)
     wait_until(lambda: engine.stats()["active"] == 1)
     closer = threading.Thread(target=engine.close)
@@ -414,7 +424,7 @@ def test_close_finishes_pending_requests_as_cancelled(model):
     gated.gate.set()
     closer.join(60)
     assert list(second)[-1].finish_reason == "cancelled"
-    assert list(first)[-1].finish_reason in ("cancelled", "stop", "length")
+    assert list(first)[-1].finish_reason == "cancelled"  # mid-generation: 40 tokens asked, one or two made
     with pytest.raises(RuntimeError, match="closed"):
         engine.stream([1])
 
@@ -446,7 +456,10 @@ def write_run(root, tokenizer: Tokenizer, stages=("pretrain",), tokenizer_hash=N
     tokenizer.save(root / "tokenizer")
     for n, stage in enumerate(stages):
         model = random_model(seed=n)
-        state = {"model_config": model.config.to_dict(), "tokenizer_hash": tokenizer_hash or hash_of(root / "tokenizer")}
+        state = {
+            "model_config": model.config.to_dict(),
+            "tokenizer_hash": tokenizer_hash or hash_of(root / "tokenizer"),
+        }
         save_checkpoint(root / "checkpoints" / stage, 10, model, None, state)
     return root
 

@@ -13,16 +13,21 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "ownllm"
 
 LAYERS = {
-    "__init__": 0, "core": 0,
-    "model": 1, "tokenizer": 1,
+    "__init__": 0,
+    "core": 0,
+    "model": 1,
+    "tokenizer": 1,
     "run": 2,
-    "data": 3, "chatformat": 3,
+    "data": 3,
+    "chatformat": 3,
     "train": 4,
-    "eval": 5, "inference": 5,
+    "eval": 5,
+    "inference": 5,
     "assistant": 6,
     "server": 7,
     "commands": 8,
-    "cli": 9, "__main__": 9,
+    "cli": 9,
+    "__main__": 9,
 }
 ANYWHERE = {"ownllm", "ownllm.resources"}  # the package itself (its version) and its data files
 
@@ -68,7 +73,7 @@ def test_imports_only_go_down_the_pipeline():
 
 def test_imports_inside_functions_say_why():
     unexplained = []
-    for path, package in modules():
+    for path, _package in modules():
         source = path.read_text(encoding="utf-8")
         lines = source.splitlines()
         for func in ast.walk(ast.parse(source)):

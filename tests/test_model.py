@@ -6,13 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.runs import story_documents
 from ownllm.core.errors import UserError
 from ownllm.model import ModelConfig, Transformer
 from ownllm.model.layers import _rotate_complex, _rotate_real, apply_rotary, rotary_tables
 from ownllm.model.loss import IGNORE_INDEX, linear_cross_entropy
-
-from test_train_helpers import story_documents
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +49,9 @@ def test_a_token_never_sees_the_future(changes):
     assert not torch.allclose(before[:, 15:], after[:, 15:], atol=1e-3)  # the change is seen from there on
 
 
-@pytest.mark.parametrize("changes", [{}, {"tie_embeddings": True}, {"n_kv_heads": 2, "qk_norm": True, "ffn_hidden": 100}])
+@pytest.mark.parametrize(
+    "changes", [{}, {"tie_embeddings": True}, {"n_kv_heads": 2, "qk_norm": True, "ffn_hidden": 100}]
+)
 def test_parameter_count_matches_the_formula(changes):
     c = small(**changes)
     d, hd, h = c.d_model, c.head_dim, c.hidden_dim
@@ -69,7 +69,9 @@ def test_llama_hidden_size_rule():
 def test_flops_per_token():
     c = small()
     model = Transformer(c)
-    matmul_weights = model.num_params() - c.vocab_size * c.d_model - (2 * c.n_layers + 1) * c.d_model  # no embedding, norms
+    matmul_weights = (
+        model.num_params() - c.vocab_size * c.d_model - (2 * c.n_layers + 1) * c.d_model
+    )  # no embedding, norms
     assert model.flops_per_token(32) == 6 * matmul_weights + 6 * c.n_layers * 32 * c.d_model
     tied = Transformer(small(tie_embeddings=True))
     assert tied.flops_per_token(32) == model.flops_per_token(32)  # tying saves parameters, not computation

@@ -1,19 +1,22 @@
-"""`ownllm sample` and the pretraining samples, on a model trained with a real tokenizer (the engine: test_inference_engine.py)."""
+"""`ownllm sample` and the pretraining samples, on a model trained with a real tokenizer.
+
+(The engine itself is tested in test_inference_engine.py.)
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_ownllm
-from test_train_helpers import bpe_run, byte_level_run, metrics
 
+from helpers import run_ownllm
+from helpers.runs import bpe_run, byte_level_run, metrics
 from ownllm.cli import main
+from ownllm.commands.pretrain import make_sampler
 from ownllm.model import Transformer
 from ownllm.run import RunDir
-from ownllm.tokenizer import Tokenizer
 from ownllm.run.checkpoints import latest_checkpoint, load_model
+from ownllm.tokenizer import Tokenizer
 from ownllm.train.config import load_config
-from ownllm.commands.pretrain import make_sampler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,13 +24,29 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_pretrain_then_sample_with_a_real_tokenizer(tmp_path, capsys):
     run = bpe_run(tmp_path / "run")
     try:
-        main(["pretrain", "--run", str(run), "--preset", "tiny", "--set", "steps=30", "--set", "sample_every=15",
-              "--set", "threads=1"])
+        main(
+            [
+                "pretrain",
+                "--run",
+                str(run),
+                "--preset",
+                "tiny",
+                "--set",
+                "steps=30",
+                "--set",
+                "sample_every=15",
+                "--set",
+                "threads=1",
+            ]
+        )
     except SystemExit as e:
         assert e.code == 0, capsys.readouterr().err
     samples = [r["samples"] for r in metrics(run) if "samples" in r]
     assert len(samples) == 2  # at steps 15 and 30, one text per prompt
-    assert [text.startswith(prompt) for text, prompt in zip(samples[1], ["Once upon a time", "The little dog"])] == [True, True]
+    assert [text.startswith(prompt) for text, prompt in zip(samples[1], ["Once upon a time", "The little dog"])] == [
+        True,
+        True,
+    ]
     assert "bits per byte" in capsys.readouterr().out
 
     args = ["sample", "--run", run, "--prompt", "Once upon a time", "--max-tokens", "20", "--seed", "1"]

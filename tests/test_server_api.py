@@ -1,6 +1,6 @@
 """The OpenAI-compatible API, driven by the official `openai` client against a real server.
 
-The model is the tiny chat model of tests/chat_fixtures.py, trained until greedy decoding
+The model is the tiny chat model of tests/helpers/chat.py, trained until greedy decoding
 repeats its conversations: "Hello" -> "Hi! I am Pip.", "What is 12 * 7?" -> a calculator call
 then "12 * 7 = 84.", "Sing" -> "la la la ..." without end.
 """
@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
-from conftest import REPO, torch_threads
-from server_fixtures import live_server
 
+from helpers import REPO, torch_threads
+from helpers.chat import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
+from helpers.server import live_server
 from ownllm.cli import main
 from ownllm.inference.engine import Engine, SamplingParams
 from ownllm.server.settings import ServerSettings
@@ -73,8 +73,10 @@ def test_chat_answers_in_the_openai_shape(client, run_dir):
 
 def test_the_persona_system_prompt_is_the_default(client):
     with_system = client.chat.completions.create(
-        model="tiny", temperature=0,
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": GREETING}])
+        model="tiny",
+        temperature=0,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": GREETING}],
+    )
     without = chat(client, GREETING, temperature=0)
     assert with_system.usage.prompt_tokens == without.usage.prompt_tokens
     assert with_system.choices[0].message.content == without.choices[0].message.content
@@ -95,8 +97,9 @@ def test_chat_streams_deltas_then_finish_then_usage(client):
 
 def test_the_raw_stream_is_server_sent_events_ending_with_done(server):
     body = {"messages": [{"role": "user", "content": GREETING}], "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}) as response:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in events)
@@ -119,8 +122,16 @@ def test_completions_continue_plain_text(client, server):
     assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
     assert choice.finish_reason in ("stop", "length") and choice.text
     assert completion.usage.prompt_tokens == len(server.app.state.template.tokenizer.encode(prompt))
-    streamed = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, stream=True,
-                                              stream_options={"include_usage": True}))
+    streamed = list(
+        client.completions.create(
+            model="tiny",
+            prompt=prompt,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == choice.text
     assert streamed[-1].usage.completion_tokens == completion.usage.completion_tokens
 
@@ -128,15 +139,25 @@ def test_completions_continue_plain_text(client, server):
 def test_a_seed_gives_the_same_text_and_streaming_the_same_utf8(client):
     """Sampled at a high temperature, where the tiny model also picks byte tokens that split characters."""
     prompt = "Émilie a dit « 日本語 » 🙂 and then"
-    texts = [client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=2.0, seed=seed)
-             .choices[0].text for seed in (5, 5, 6)]
+    texts = [
+        client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=2.0, seed=seed)
+        .choices[0]
+        .text
+        for seed in (5, 5, 6)
+    ]
     assert texts[0] == texts[1] and texts[2] != texts[0]  # the seed decides the text
-    streamed = [c.choices[0].text for c in client.completions.create(
-        model="tiny", prompt=prompt, max_tokens=40, temperature=2.0, seed=5, stream=True)]
+    streamed = [
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=40, temperature=2.0, seed=5, stream=True
+        )
+    ]
     assert "".join(streamed) == texts[0]
     chat_text = chat(client, prompt, temperature=2.0, seed=11, max_tokens=40).choices[0].message.content
-    chat_streamed = "".join(c.choices[0].delta.content or "" for c in chat(
-        client, prompt, temperature=2.0, seed=11, max_tokens=40, stream=True))
+    chat_streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in chat(client, prompt, temperature=2.0, seed=11, max_tokens=40, stream=True)
+    )
     assert chat_streamed == chat_text
 
 
@@ -156,8 +177,10 @@ def test_stop_strings_and_max_tokens(client):
 def long_conversation(turns: int) -> list[dict]:
     messages = [{"role": "system", "content": SYSTEM}]
     for i in range(turns):
-        messages += [{"role": "user", "content": f"Tell me a story number {i}. " * 12},
-                     {"role": "assistant", "content": "Once upon a time there was a cat who liked milk. " * 6}]
+        messages += [
+            {"role": "user", "content": f"Tell me a story number {i}. " * 12},
+            {"role": "assistant", "content": "Once upon a time there was a cat who liked milk. " * 6},
+        ]
     return messages + [{"role": "user", "content": GREETING}]
 
 
@@ -174,15 +197,21 @@ def test_context_overflow_is_a_400_that_gives_the_numbers(client, server):
 
 def test_truncate_drops_the_oldest_turns_and_says_so(client, server):
     raw = client.chat.completions.with_raw_response.create(
-        model="tiny", messages=long_conversation(20), max_tokens=20, temperature=0, extra_body={"truncate": True})
+        model="tiny", messages=long_conversation(20), max_tokens=20, temperature=0, extra_body={"truncate": True}
+    )
     dropped = int(raw.headers["OwnLLM-Dropped-Messages"])
     reply = raw.parse()
     assert dropped >= 2 and dropped % 2 == 0  # whole exchanges
     assert reply.model_extra["truncated"] == {"dropped_messages": dropped}
     assert reply.usage.prompt_tokens <= server.app.state.engine.context_size - 20
     stream = client.chat.completions.with_raw_response.create(
-        model="tiny", messages=long_conversation(20), max_tokens=20, temperature=0, stream=True,
-        extra_body={"truncate": True})
+        model="tiny",
+        messages=long_conversation(20),
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        extra_body={"truncate": True},
+    )
     assert stream.headers["OwnLLM-Dropped-Messages"] == str(dropped)
     finish = [c for c in stream.parse() if c.choices and c.choices[0].finish_reason]
     assert finish[0].model_extra["truncated"] == {"dropped_messages": dropped}
@@ -193,8 +222,9 @@ def test_completions_overflow_and_truncate(client, server):
     prompt = "the cat sat on the mat " * context
     with pytest.raises(openai.BadRequestError, match=f"context holds {context}"):
         client.completions.create(model="tiny", prompt=prompt, max_tokens=8)
-    kept = client.completions.with_raw_response.create(model="tiny", prompt=prompt, max_tokens=8,
-                                                       extra_body={"truncate": True})
+    kept = client.completions.with_raw_response.create(
+        model="tiny", prompt=prompt, max_tokens=8, extra_body={"truncate": True}
+    )
     assert int(kept.headers["OwnLLM-Dropped-Tokens"]) > 0
     assert kept.parse().usage.prompt_tokens == context - 8
 
@@ -213,10 +243,15 @@ def test_concurrent_clients_are_all_answered(client, server):
 
 def test_a_client_that_goes_away_frees_its_slot(server):
     engine = server.app.state.engine
-    body = {"messages": [{"role": "user", "content": SONG_REQUEST}], "temperature": 0, "max_tokens": 900,
-            "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}) as response:
+    body = {
+        "messages": [{"role": "user", "content": SONG_REQUEST}],
+        "temperature": 0,
+        "max_tokens": 900,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as response:
         lines = response.iter_lines()
         for _ in range(3):
             next(lines)
@@ -230,8 +265,11 @@ def test_a_client_that_goes_away_frees_its_slot(server):
 def test_metrics_count_requests_tokens_and_the_queue(server, client):
     chat(client, GREETING, temperature=0)
     text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert samples['ownllm_http_requests_total{route="/v1/chat/completions",method="POST",status="200"}'] >= 1
     assert samples["ownllm_completion_tokens_total"] > 0 and samples["ownllm_prompt_tokens_total"] > 0
     assert samples['ownllm_http_request_duration_seconds_count{route="/v1/chat/completions"}'] >= 1
@@ -266,8 +304,13 @@ def test_an_engine_given_to_the_app_is_served_and_left_open(run_dir, tmp_path):
 
 def serve(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0"}
-    return subprocess.Popen([sys.executable, "-m", "ownllm", "serve", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ownllm", "serve", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_serve_prints_the_url_and_stops_on_ctrl_c(run_dir, tmp_path):
@@ -291,15 +334,18 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(run_dir, tmp_path):
     assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--host", "0.0.0.0"], "--insecure"),
-    (["--api-key", " "], "the API key is empty"),
-    (["--api-key-file", "{empty}"], "is empty"),
-    (["--api-key-file", "{missing}"], "cannot read the API key"),
-    (["--cors-origin", "*"], "is not an origin"),
-    (["--stage", "pretrain"], "no pretrain checkpoint"),
-    (["--port", "70000"], "is not a TCP port"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--host", "0.0.0.0"], "--insecure"),
+        (["--api-key", " "], "the API key is empty"),
+        (["--api-key-file", "{empty}"], "is empty"),
+        (["--api-key-file", "{missing}"], "cannot read the API key"),
+        (["--cors-origin", "*"], "is not an origin"),
+        (["--stage", "pretrain"], "no pretrain checkpoint"),
+        (["--port", "70000"], "is not a TCP port"),
+    ],
+)
 def test_serve_refuses_unsafe_or_impossible_settings(run_dir, tmp_path, capsys, args, message):
     (tmp_path / "empty").write_text("\n")
     args = [a.format(empty=tmp_path / "empty", missing=tmp_path / "missing") for a in args]

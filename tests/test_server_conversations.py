@@ -1,7 +1,7 @@
 """The web page's API (/api): conversations in assistant.db, streamed replies, feedback, and a SIGKILL mid-reply.
 
-A real server (create_app under uvicorn, tests/server_fixtures.py, with an API key) on the tiny
-chat model of tests/chat_fixtures.py, which at temperature 0 answers "Hello" with "Hi! I am
+A real server (create_app under uvicorn, tests/helpers/server.py, with an API key) on the tiny
+chat model of tests/helpers/chat.py, which at temperature 0 answers "Hello" with "Hi! I am
 Pip.", "What is 12 * 7?" with a calculator call then "12 * 7 = 84.", and "Sing" with "la la
 la ..." that does not end by itself.
 """
@@ -18,13 +18,13 @@ import time
 
 import httpx
 import pytest
-from chat_fixtures import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
-from conftest import REPO, torch_threads
-from server_fixtures import live_server
 
-from ownllm.server.store import Store
+from helpers import REPO, torch_threads
+from helpers.chat import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
+from helpers.server import live_server
 from ownllm.server.security import owner_id
 from ownllm.server.settings import ServerSettings
+from ownllm.server.store import Store
 
 KEY = "conversations-key"
 GREEDY = {"temperature": 0}
@@ -103,7 +103,11 @@ def test_conversations_are_created_listed_renamed_exported_and_deleted(api):
     assert renamed.status_code == 200 and renamed.json()["title"] == "Renamed"
     got = api.get(f"/conversations/{other}").json()
     assert (got["title"], got["system_prompt"], got["settings"], got["messages"]) == (
-        "mine", "", {"temperature": 0.3, "max_tokens": 64}, [])
+        "mine",
+        "",
+        {"temperature": 0.3, "max_tokens": 64},
+        [],
+    )
 
     say(api, created["id"], GREETING)
     exported = api.get(f"/conversations/{created['id']}/export")
@@ -127,7 +131,8 @@ def test_a_message_streams_its_reply_and_both_are_stored(api, server):
     assert done["finish_reason"] == "stop" and done["dropped"] == 0 and done["usage"]["completion_tokens"] > 0
     assert [(m["id"], m["role"], m["content"], m["status"]) for m in done["messages"]] == [
         (start["user_message"]["id"], "user", GREETING, "complete"),
-        (start["reply_id"], "assistant", GREETING_REPLY, "complete")]
+        (start["reply_id"], "assistant", GREETING_REPLY, "complete"),
+    ]
     assert messages(api, conversation) == done["messages"]
     got = api.get(f"/conversations/{conversation}").json()
     assert got["title"] == GREETING and got["settings"] == {"temperature": 0}
@@ -146,7 +151,8 @@ def test_a_tool_call_streams_as_call_and_result(api):
         ("user", TOOL_QUESTION, None),
         ("assistant", "", {"name": "calculator", "arguments": "12 * 7"}),
         ("tool", "84", None),
-        ("assistant", TOOL_ANSWER, None)]
+        ("assistant", TOOL_ANSWER, None),
+    ]
     assert tool_result["messages"] == stored[1:3] and tool_result["reply_id"] == stored[3]["id"]
 
 
@@ -194,10 +200,16 @@ def test_another_key_sees_nothing_of_a_conversation(api, server):
     assert owner_id(KEY) != owner_id("someone else's key")
     assert theirs["id"] not in [c["id"] for c in api.get("/conversations").json()["conversations"]]
     path = f"/conversations/{theirs['id']}"
-    requests = [("GET", path, None), ("PATCH", path, {"title": "x"}), ("DELETE", path, None),
-                ("GET", path + "/export", None), ("POST", path + "/messages", {"content": "hi"}),
-                ("POST", path + "/regenerate", {}), ("POST", path + "/edit", {"content": "hi"}),
-                ("POST", f"/messages/{turn.reply_id}/feedback", {"rating": "up"})]
+    requests = [
+        ("GET", path, None),
+        ("PATCH", path, {"title": "x"}),
+        ("DELETE", path, None),
+        ("GET", path + "/export", None),
+        ("POST", path + "/messages", {"content": "hi"}),
+        ("POST", path + "/regenerate", {}),
+        ("POST", path + "/edit", {"content": "hi"}),
+        ("POST", f"/messages/{turn.reply_id}/feedback", {"rating": "up"}),
+    ]
     for method, url, body in requests:
         response = api.request(method, url, json=body)
         unknown = api.request(method, url.replace(theirs["id"], "x" * 22).replace(turn.reply_id, "y" * 22), json=body)
@@ -209,9 +221,14 @@ def test_another_key_sees_nothing_of_a_conversation(api, server):
 
 def test_every_route_needs_the_key(server):
     with httpx.Client(base_url=f"{server.url}/api", timeout=10) as anonymous:
-        for method, path in [("GET", "/info"), ("GET", "/conversations"), ("POST", "/conversations"),
-                             ("GET", "/conversations/x"), ("POST", "/conversations/x/messages"),
-                             ("POST", "/messages/x/feedback")]:
+        for method, path in [
+            ("GET", "/info"),
+            ("GET", "/conversations"),
+            ("POST", "/conversations"),
+            ("GET", "/conversations/x"),
+            ("POST", "/conversations/x/messages"),
+            ("POST", "/messages/x/feedback"),
+        ]:
             response = anonymous.request(method, path, json={} if method == "POST" else None)
             assert response.status_code == 401, (method, path)
             assert response.json()["error"]["type"] == "authentication_error"
@@ -256,8 +273,11 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("method, path, body, status", BAD_REQUESTS)
 def test_bad_requests_are_4xx_in_the_openai_shape(api, method, path, body, status):
     conversation = new_conversation(api)
-    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {
-        "json": body}
+    kwargs = (
+        {"content": body, "headers": {"Content-Type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body}
+    )
     response = api.request(method, path.replace("{c}", conversation), **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -289,8 +309,9 @@ def test_old_exchanges_are_dropped_to_fit_the_context_and_reported(api):
 
 def test_a_client_that_goes_away_stops_the_reply_and_leaves_it_interrupted(api, server):
     conversation = new_conversation(api)
-    with api.stream("POST", f"/conversations/{conversation}/messages",
-                    json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900}) as response:
+    with api.stream(
+        "POST", f"/conversations/{conversation}/messages", json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900}
+    ) as response:
         seen = ""
         for block in _blocks(response):
             if block.startswith("event: text"):
@@ -311,8 +332,9 @@ def test_a_client_that_goes_away_stops_the_reply_and_leaves_it_interrupted(api, 
 
 def test_a_second_message_while_a_reply_streams_is_refused(api):
     conversation = new_conversation(api)
-    with api.stream("POST", f"/conversations/{conversation}/messages",
-                    json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900}) as response:
+    with api.stream(
+        "POST", f"/conversations/{conversation}/messages", json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900}
+    ) as response:
         blocks = _blocks(response)  # kept: a dropped reader would close the connection
         next(blocks)
         busy = api.post(f"/conversations/{conversation}/messages", json={"content": GREETING})
@@ -321,11 +343,13 @@ def test_a_second_message_while_a_reply_streams_is_refused(api):
 
 
 def test_a_reply_cut_off_by_a_shutdown_ends_with_an_error_event(run_dir):
-    with live_server(run_dir, ServerSettings()) as own, \
-            httpx.Client(base_url=f"{own.url}/api", timeout=60) as api:
+    with live_server(run_dir, ServerSettings()) as own, httpx.Client(base_url=f"{own.url}/api", timeout=60) as api:
         conversation = new_conversation(api)
-        with api.stream("POST", f"/conversations/{conversation}/messages",
-                        json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900}) as response:
+        with api.stream(
+            "POST",
+            f"/conversations/{conversation}/messages",
+            json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900},
+        ) as response:
             blocks = _blocks(response)
             next(blocks)
             own.app.state.engine.close()  # what stopping the server does to a reply in progress
@@ -338,8 +362,12 @@ def test_a_reply_cut_off_by_a_shutdown_ends_with_an_error_event(run_dir):
 def _serve(run_dir, log_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     with open(log_path, "w") as log:  # a file, not a pipe: the server never blocks on a full pipe
-        process = subprocess.Popen([sys.executable, "-m", "ownllm", "serve", "--run", str(run_dir), "--port", "0"],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ownllm", "serve", "--run", str(run_dir), "--port", "0"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 90
     while "serving" not in log_path.read_text():
         assert process.poll() is None, f"ownllm serve exited: {log_path.read_text()}"
@@ -359,8 +387,11 @@ def test_sigkill_mid_reply_keeps_finished_messages_and_marks_the_reply_interrupt
             say(api, conversation, TOOL_QUESTION)
             finished = messages(api, conversation)
             watcher = Store.for_run(run_dir, recover=False)  # reads the file as another process would
-            with api.stream("POST", f"/conversations/{conversation}/messages",
-                            json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900}) as response:
+            with api.stream(
+                "POST",
+                f"/conversations/{conversation}/messages",
+                json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900},
+            ) as response:
                 blocks = _blocks(response)
                 reply_id = json.loads(next(blocks).split("data: ", 1)[1])["reply_id"]
                 deadline = time.monotonic() + 30
@@ -380,8 +411,11 @@ def test_sigkill_mid_reply_keeps_finished_messages_and_marks_the_reply_interrupt
             process.wait()
 
     # The restarted server: the same app, here in a thread (a second process start costs seconds).
-    with torch_threads(1), live_server(run_dir, ServerSettings()) as restarted, \
-            httpx.Client(base_url=f"{restarted.url}/api", timeout=60) as api:
+    with (
+        torch_threads(1),
+        live_server(run_dir, ServerSettings()) as restarted,
+        httpx.Client(base_url=f"{restarted.url}/api", timeout=60) as api,
+    ):
         after = messages(api, conversation)
         assert after[:4] == finished, "every finished message is there, unchanged"
         assert [m["role"] for m in after[4:]] == ["user", "assistant"]

@@ -14,18 +14,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from chat_fixtures import GREETING, SONG_REQUEST, tiny_chat_run
-from conftest import torch_threads
-from server_fixtures import live_server
 
+from helpers import torch_threads
+from helpers.chat import GREETING, SONG_REQUEST, tiny_chat_run
+from helpers.server import live_server
 from ownllm.server.settings import ServerSettings
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ALLOWED = "http://allowed.example"
-LIMITS = ServerSettings(api_key=KEY, cors_origins=(ALLOWED,), max_body_bytes=16_384, max_messages=8,
-                        max_message_chars=1000, max_prompt_chars=2000, max_tokens_limit=64, default_max_tokens=16,
-                        max_stop=2, max_stop_chars=8, max_slots=2, max_queue=2)
+LIMITS = ServerSettings(
+    api_key=KEY,
+    cors_origins=(ALLOWED,),
+    max_body_bytes=16_384,
+    max_messages=8,
+    max_message_chars=1000,
+    max_prompt_chars=2000,
+    max_tokens_limit=64,
+    default_max_tokens=16,
+    max_stop=2,
+    max_stop_chars=8,
+    max_slots=2,
+    max_queue=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +71,14 @@ HOSTILE = [
     ("empty body", CHAT, "", JSON, 400, None),
     ("invalid UTF-8", CHAT, b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', JSON, 400, None),
     ("nested 5000 deep", CHAT, '{"messages": ' + "[" * 5000 + "]" * 5000 + "}", JSON, 400, None),
-    ("NaN temperature", CHAT, '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', JSON, 400,
-     "temperature"),
+    (
+        "NaN temperature",
+        CHAT,
+        '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+        JSON,
+        400,
+        "temperature",
+    ),
     ("no content type", CHAT, chat_body(), {"Content-Type": ""}, 415, None),
     ("text/plain (a form post from another site)", CHAT, chat_body(), {"Content-Type": "text/plain"}, 415, None),
     ("form encoded", CHAT, "messages=hi", {"Content-Type": "application/x-www-form-urlencoded"}, 415, None),
@@ -74,17 +91,43 @@ HOSTILE = [
     ("tool role", CHAT, '{"messages": [{"role": "tool", "content": "84"}]}', JSON, 400, "messages[0].role"),
     ("content a number", CHAT, '{"messages": [{"role": "user", "content": 5}]}', JSON, 400, "messages[0].content"),
     ("content null", CHAT, '{"messages": [{"role": "user", "content": null}]}', JSON, 400, "messages[0].content"),
-    ("image content part", CHAT, json.dumps({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}), JSON, 400, "messages[0].content[0].type"),
-    ("too many messages", CHAT, json.dumps({"messages": [user(), {"role": "assistant", "content": "a"}] * 4
-                                            + [user()]}), JSON, 400, "messages"),
+    (
+        "image content part",
+        CHAT,
+        json.dumps(
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}
+        ),
+        JSON,
+        400,
+        "messages[0].content[0].type",
+    ),
+    (
+        "too many messages",
+        CHAT,
+        json.dumps({"messages": [user(), {"role": "assistant", "content": "a"}] * 4 + [user()]}),
+        JSON,
+        400,
+        "messages",
+    ),
     ("message too long", CHAT, json.dumps({"messages": [user("y" * 1001)]}), JSON, 400, "messages[0].content"),
     ("empty user message", CHAT, json.dumps({"messages": [user("  ")]}), JSON, 400, "messages"),
     ("two user messages in a row", CHAT, json.dumps({"messages": [user(), user()]}), JSON, 400, "messages"),
-    ("system after user", CHAT, json.dumps({"messages": [user(), {"role": "system", "content": "x"}]}), JSON, 400,
-     "messages"),
-    ("ends with the assistant", CHAT, json.dumps({"messages": [user(), {"role": "assistant", "content": "x"}]}), JSON,
-     400, "messages"),
+    (
+        "system after user",
+        CHAT,
+        json.dumps({"messages": [user(), {"role": "system", "content": "x"}]}),
+        JSON,
+        400,
+        "messages",
+    ),
+    (
+        "ends with the assistant",
+        CHAT,
+        json.dumps({"messages": [user(), {"role": "assistant", "content": "x"}]}),
+        JSON,
+        400,
+        "messages",
+    ),
     ("max_tokens 0", CHAT, chat_body(max_tokens=0), JSON, 400, "max_tokens"),
     ("max_tokens negative", CHAT, chat_body(max_tokens=-5), JSON, 400, "max_tokens"),
     ("max_tokens over the limit", CHAT, chat_body(max_tokens=65), JSON, 400, "max_tokens"),
@@ -105,16 +148,28 @@ HOSTILE = [
     ("stop string empty", CHAT, chat_body(stop=[""]), JSON, 400, "stop"),
     ("stop list of numbers", CHAT, chat_body(stop=[1, 2]), JSON, 400, "stop[0]"),
     ("stream a string", CHAT, chat_body(stream="yes"), JSON, 400, "stream"),
-    ("stream_options without stream", CHAT, chat_body(stream_options={"include_usage": True}), JSON, 400,
-     "stream_options"),
+    (
+        "stream_options without stream",
+        CHAT,
+        chat_body(stream_options={"include_usage": True}),
+        JSON,
+        400,
+        "stream_options",
+    ),
     ("seed a float", CHAT, chat_body(seed=1.5), JSON, 400, "seed"),
     ("seed 2**70", CHAT, chat_body(seed=2**70), JSON, 400, "seed"),
     ("truncate a string", CHAT, chat_body(truncate="yes"), JSON, 400, "truncate"),
     ("tools", CHAT, chat_body(tools=[{"type": "function", "function": {"name": "f"}}]), JSON, 400, "tools"),
     ("logprobs", CHAT, chat_body(logprobs=True), JSON, 400, "logprobs"),
     ("presence_penalty", CHAT, chat_body(presence_penalty=1.0), JSON, 400, "presence_penalty"),
-    ("json_schema response format", CHAT, chat_body(response_format={"type": "json_schema"}), JSON, 400,
-     "response_format"),
+    (
+        "json_schema response format",
+        CHAT,
+        chat_body(response_format={"type": "json_schema"}),
+        JSON,
+        400,
+        "response_format",
+    ),
     ("completion without prompt", COMPLETIONS, "{}", JSON, 400, "prompt"),
     ("prompt a number", COMPLETIONS, '{"prompt": 7}', JSON, 400, "prompt"),
     ("prompt of token ids", COMPLETIONS, '{"prompt": [1, 2, 3]}', JSON, 400, "prompt[0]"),
@@ -156,8 +211,15 @@ def test_unknown_routes_and_methods(server):
 
 
 BODIES = {CHAT: chat_body(), COMPLETIONS: json.dumps({"prompt": "a", "max_tokens": 2})}
-PROTECTED = [("GET", "/v1/models"), ("GET", "/v1/models/x"), ("POST", CHAT), ("POST", COMPLETIONS),
-             ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/api/conversations")]
+PROTECTED = [
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/x"),
+    ("POST", CHAT),
+    ("POST", COMPLETIONS),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/api/conversations"),
+]
 
 
 @pytest.mark.parametrize("method, path", PROTECTED)
@@ -180,11 +242,22 @@ def test_the_right_key_opens_every_route_and_health_needs_none(server):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
-@pytest.mark.parametrize("host, status", [
-    ("localhost:{port}", 200), ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200), ("LOCALHOST:{port}", 200),
-    ("localhost", 200), ("evil.example:{port}", 421), ("evil.example", 421), ("127.0.0.1:{other}", 421),
-    ("localhost.evil.example:{port}", 421), ("127.0.0.2:{port}", 421), ("[::2]:{port}", 421),
-])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost:{port}", 200),
+        ("127.0.0.1:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("LOCALHOST:{port}", 200),
+        ("localhost", 200),
+        ("evil.example:{port}", 421),
+        ("evil.example", 421),
+        ("127.0.0.1:{other}", 421),
+        ("localhost.evil.example:{port}", 421),
+        ("127.0.0.2:{port}", 421),
+        ("[::2]:{port}", 421),
+    ],
+)
 def test_the_host_header_must_name_this_machine(server, host, status):
     """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 still sends Host: evil.example."""
     host = host.format(port=server.port, other=server.port + 1)
@@ -204,13 +277,21 @@ def test_a_request_without_host_is_refused(server):
 def test_cors_only_for_the_allow_list(server):
     allowed = httpx.get(server.url + "/v1/models", headers={**AUTH, "Origin": ALLOWED})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ALLOWED
-    preflight = httpx.options(server.url + CHAT, headers={
-        "Origin": ALLOWED, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+    preflight = httpx.options(
+        server.url + CHAT,
+        headers={
+            "Origin": ALLOWED,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
     for method in ("GET", "OPTIONS"):
-        foreign = httpx.request(method, server.url + "/v1/models", headers={
-            **AUTH, "Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
+        foreign = httpx.request(
+            method,
+            server.url + "/v1/models",
+            headers={**AUTH, "Origin": "http://evil.example", "Access-Control-Request-Method": "GET"},
+        )
         assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
     same_origin = httpx.get(server.url + "/v1/models", headers={**AUTH, "Origin": server.url})
     assert same_origin.status_code == 200 and "access-control-allow-origin" not in same_origin.headers
@@ -230,14 +311,22 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(server, examples, same
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @settings(max_examples=examples, deadline=None, derandomize=same_cases_every_run, database=None,
-                      suppress_health_check=list(HealthCheck))
+
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                derandomize=same_cases_every_run,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def no_server_error(case):
                 response = case.call(base_url=server.url, headers=AUTH, timeout=30)
                 if response.status_code >= 500:
-                    failures.append(f"{case.method} {case.formatted_path} {case.body!r} -> {response.status_code} "
-                                    f"{response.text[:200]}")
+                    failures.append(
+                        f"{case.method} {case.formatted_path} {case.body!r} -> {response.status_code} "
+                        f"{response.text[:200]}"
+                    )
 
             try:
                 no_server_error()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.runs import SFT, metrics, ownllm_here
 from ownllm.chatformat import ChatTemplate, Persona
 from ownllm.chatformat.sft_data import (
     Example,
@@ -25,9 +26,8 @@ from ownllm.chatformat.sft_data import (
 from ownllm.chatformat.template import IGNORE_INDEX
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
-from ownllm.tokenizer import Tokenizer
 from ownllm.run.checkpoints import latest_checkpoint, read_state
-from test_train_helpers import bpe_run, metrics, ownllm_here
+from ownllm.tokenizer import Tokenizer
 
 NO_BUNDLED = ["bundled.oasst=0", "bundled.dolly=0", "bundled.chatterbot=0"]
 
@@ -41,33 +41,17 @@ def keep_thread_count():
 
 
 @pytest.fixture(scope="module")
-def tokenizer_run(tmp_path_factory):
-    """A run with a real BPE tokenizer (vocabulary 400) and token shards, not pretrained."""
-    return bpe_run(tmp_path_factory.mktemp("bpe") / "run")
-
-
-@pytest.fixture(scope="module")
 def template(tokenizer_run) -> ChatTemplate:
     return ChatTemplate(Tokenizer.load(tokenizer_run / "tokenizer"))
-
-
-@pytest.fixture(scope="module")
-def pretrained_run(tokenizer_run, tmp_path_factory):
-    """The tokenizer run after a few seconds of tiny pretraining, with room for 256-token conversations."""
-    run = tmp_path_factory.mktemp("pretrained") / "run"
-    shutil.copytree(tokenizer_run, run)
-    status, err = ownllm_here(None, "pretrain", "--run", run, "--preset", "tiny", "--set", "threads=1",
-                              "--set", "model.max_seq_len=256", "--set", "steps=4", "--set", "eval_every=0",
-                              "--set", "sample_every=0")
-    assert status == 0, err
-    return run
 
 
 def exchanges(n: int, words: int = 6) -> list[dict]:
     conversation = [{"role": "system", "content": "You are Pip."}]
     for i in range(n):
-        conversation += [{"role": "user", "content": f"Question {i}: " + "tell me more " * words},
-                         {"role": "assistant", "content": f"Answer {i}: " + "once upon a time " * words}]
+        conversation += [
+            {"role": "user", "content": f"Question {i}: " + "tell me more " * words},
+            {"role": "assistant", "content": f"Answer {i}: " + "once upon a time " * words},
+        ]
     return conversation
 
 
@@ -93,10 +77,12 @@ def row_ids(inputs: torch.Tensor) -> list[int]:
 def test_targets_are_ignored_exactly_where_the_template_does_not_train_and_on_padding(template):
     conversations = [
         exchanges(2),
-        [{"role": "user", "content": "What is 12 * 7?"},
-         {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
-         {"role": "tool", "content": "84"},
-         {"role": "assistant", "content": "12 * 7 = 84."}],
+        [
+            {"role": "user", "content": "What is 12 * 7?"},
+            {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
+            {"role": "tool", "content": "84"},
+            {"role": "assistant", "content": "12 * 7 = 84."},
+        ],
         [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}],
     ]
     examples = [fit_example(template, c, seq_len=256)[0] for c in conversations]
@@ -105,8 +91,7 @@ def test_targets_are_ignored_exactly_where_the_template_does_not_train_and_on_pa
     assert inputs.dtype == targets.dtype == torch.int64 and inputs.shape == targets.shape
     assert inputs.shape[0] == 3 and inputs.shape[1] <= 256
     for row in range(3):
-        (conversation,) = [c for c in conversations
-                           if template.render(c).ids[: 5] == inputs[row, :5].tolist()]
+        (conversation,) = [c for c in conversations if template.render(c).ids[:5] == inputs[row, :5].tolist()]
         rendered = template.render(conversation)
         n = len(rendered) - 1
         assert inputs[row, :n].tolist() == rendered.ids[:-1]
@@ -134,14 +119,20 @@ def test_long_conversations_are_cut_after_an_assistant_turn_or_dropped(template)
     whole, how = fit_example(template, conversation, len(full) - 1)
     assert how == "whole" and len(whole.inputs) == len(full) - 1
 
-    first_reply_too_long = [{"role": "user", "content": "Tell me a story."},
-                            {"role": "assistant", "content": "once upon a time " * 80}]
+    first_reply_too_long = [
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "once upon a time " * 80},
+    ]
     assert fit_example(template, first_reply_too_long, seq_len) == (None, "dropped")
 
 
 def test_the_counts_of_each_source_say_what_was_kept_cut_and_dropped(template, tmp_path):
-    lines = [exchanges(1), exchanges(4), exchanges(12), [{"role": "user", "content": "Hi"},
-                                                           {"role": "assistant", "content": "hi " * 400}]]
+    lines = [
+        exchanges(1),
+        exchanges(4),
+        exchanges(12),
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "hi " * 400}],
+    ]
     data_file = tmp_path / "mine.jsonl"
     data_file.write_text("".join(json.dumps({"messages": m}) + "\n" for m in lines) + "not json\n")
     mixture = load_mixture(overrides=["generated=0", "held_out=0", *NO_BUNDLED], data_files=[data_file])
@@ -154,8 +145,9 @@ def test_the_counts_of_each_source_say_what_was_kept_cut_and_dropped(template, t
 
 
 def test_held_out_split_is_deterministic_and_disjoint(template):
-    mixture = load_mixture(overrides=["generated=400", "held_out=0.2", "bundled.chatterbot=40",
-                                      "bundled.oasst=0", "bundled.dolly=0"])
+    mixture = load_mixture(
+        overrides=["generated=400", "held_out=0.2", "bundled.chatterbot=40", "bundled.oasst=0", "bundled.dolly=0"]
+    )
     first, again = build_sft_data(mixture, template, 256), build_sft_data(mixture, template, 256)
     assert first.fingerprint == again.fingerprint
     assert [e.inputs.tolist() for e in first.held_out] == [e.inputs.tolist() for e in again.held_out]
@@ -172,8 +164,10 @@ def test_held_out_split_is_deterministic_and_disjoint(template):
 def test_mixture_from_a_toml_file_with_overrides(tmp_path):
     (tmp_path / "chats.jsonl").write_text(json.dumps({"messages": exchanges(1)}) + "\n")
     path = tmp_path / "mix.toml"
-    path.write_text('generated = 1000\nfiles = ["chats.jsonl"]\n[bundled]\nchatterbot = 50\n'
-                    '[generated_mix.weights]\nidentity = 1\narithmetic = 2\n[persona]\nname = "Ada"\n')
+    path.write_text(
+        'generated = 1000\nfiles = ["chats.jsonl"]\n[bundled]\nchatterbot = 50\n'
+        '[generated_mix.weights]\nidentity = 1\narithmetic = 2\n[persona]\nname = "Ada"\n'
+    )
     mixture = load_mixture(path, ["generated=2000", "generated_mix.system_prompt_rate=0.25"], persona_name="Bo")
     assert mixture.generated == 2000 and mixture.bundled == {**SFTMixture().bundled, "chatterbot": 50}
     assert mixture.generated_mix.weights == {**SFTMixture().generated_mix.weights, "identity": 1, "arithmetic": 2}
@@ -181,10 +175,14 @@ def test_mixture_from_a_toml_file_with_overrides(tmp_path):
     assert mixture.persona == Persona(name="Bo")
     assert mixture.files == (str(tmp_path / "chats.jsonl"),)
     assert SFTMixture.from_dict(mixture.to_dict()) == mixture
-    for bad, message in ((["generated=many"], "whole number"), (["bundled.reddit=5"], "unknown bundled"),
-                         (["held_out=0.9"], "between 0 and 0.5"), (["colour=red"], "unknown sft mixture"),
-                         (["generated_mix.weights.poetry=1"], "unknown conversation kinds"),
-                         (["files=chats.jsonl"], "list of paths")):
+    for bad, message in (
+        (["generated=many"], "whole number"),
+        (["bundled.reddit=5"], "unknown bundled"),
+        (["held_out=0.9"], "between 0 and 0.5"),
+        (["colour=red"], "unknown sft mixture"),
+        (["generated_mix.weights.poetry=1"], "unknown conversation kinds"),
+        (["files=chats.jsonl"], "list of paths"),
+    ):
         with pytest.raises(UserError, match=message):
             load_mixture(overrides=bad)
 
@@ -238,7 +236,7 @@ def test_held_out_batches_hold_each_conversation_once_padded_to_their_longest():
     examples = synthetic_examples(21)
     batches = eval_batches(examples, batch_size=4, pad_id=0, device="cpu")
     assert sorted(itertools.chain(*(row_ids(inputs) for inputs, _ in batches))) == list(range(21))
-    for inputs, targets in batches:
+    for inputs, _targets in batches:
         lengths = [len(examples[i].inputs) for i in row_ids(inputs)]
         assert inputs.shape[1] == max(lengths)
     trained = sum(int((t != IGNORE_INDEX).sum()) for _, t in batches)
@@ -247,16 +245,29 @@ def test_held_out_batches_hold_each_conversation_once_padded_to_their_longest():
 
 # ---- the command ---------------------------------------------------------------------------------
 
-SFT = ["--preset", "tiny", "--set", "threads=1", "--set", "dtype=fp32", "--set", "sft.generated=160", "--set", "sft.bundled.oasst=0",
-       "--set", "sft.bundled.dolly=0", "--set", "sft.bundled.chatterbot=16", "--set", "sft.held_out=0.1"]
-
 
 def test_sft_trains_from_the_pretrained_model_and_saves_chat_checkpoints(pretrained_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(pretrained_run, run)
-    status, err = ownllm_here(capsys, "sft", "--run", run, *SFT, "--persona-name", "Ada", "--set", "steps=6",
-                              "--set", "eval_every=3", "--set", "checkpoint_every=3", "--set", "sample_every=6",
-                              "--set", "sample_tokens=8")
+    status, err = ownllm_here(
+        capsys,
+        "sft",
+        "--run",
+        run,
+        *SFT,
+        "--persona-name",
+        "Ada",
+        "--set",
+        "steps=6",
+        "--set",
+        "eval_every=3",
+        "--set",
+        "checkpoint_every=3",
+        "--set",
+        "sample_every=6",
+        "--set",
+        "sample_tokens=8",
+    )
     assert status == 0, err
     assert "sft data: " in err and "generated 160 (" in err
     latest = latest_checkpoint(run / "checkpoints" / "sft")
@@ -269,8 +280,11 @@ def test_sft_trains_from_the_pretrained_model_and_saves_chat_checkpoints(pretrai
     assert [r["step"] for r in records if "val_loss" in r] == [0, 3, 6]
     assert all(np.isfinite(r["val_loss"]) for r in records if "val_loss" in r)
     (samples,) = [r["samples"] for r in records if "samples" in r]
-    assert [s.split(" -> ")[0] for s in samples] == ["What is your name?", "What is 12 * 7?",
-                                                     "Tell me a story about a cat."]
+    assert [s.split(" -> ")[0] for s in samples] == [
+        "What is your name?",
+        "What is 12 * 7?",
+        "Tell me a story about a cat.",
+    ]
     config = RunDir(run).read_config()["sft"]
     assert config["mixture"]["persona"]["name"] == "Ada" and config["lr"] == 1e-3
 
@@ -320,8 +334,23 @@ def test_a_chat_model_whose_base_model_was_retrained_is_refused(pretrained_run, 
     status, err = ownllm_here(capsys, "sft", "--run", run, *SFT, "--set", "steps=2", "--set", "sample_every=0")
     assert status == 0, err
     assert resolve_model(run).stage == "sft"
-    pretrain = ["pretrain", "--run", run, "--preset", "tiny", "--set", "threads=1", "--set", "model.max_seq_len=256",
-                "--set", "steps=4", "--set", "eval_every=0", "--set", "sample_every=0"]
+    pretrain = [
+        "pretrain",
+        "--run",
+        run,
+        "--preset",
+        "tiny",
+        "--set",
+        "threads=1",
+        "--set",
+        "model.max_seq_len=256",
+        "--set",
+        "steps=4",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "sample_every=0",
+    ]
     status, err = ownllm_here(capsys, *pretrain, "--restart")
     assert status == 0, err
     assert latest_checkpoint(run / "checkpoints" / "pretrain").name == "step_000004"  # the same name as before

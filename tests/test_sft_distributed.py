@@ -15,9 +15,8 @@ import shutil
 
 import pytest
 
-from test_sft import SFT, ownllm_here, pretrained_run, tokenizer_run  # noqa: F401 (fixtures)
-from test_train_distributed import finish, torchrun
-from test_train_helpers import metrics
+from helpers.processes import finish, torchrun
+from helpers.runs import SFT, metrics, ownllm_here
 
 STEPS = ["--set", "steps=4", "--set", "eval_every=4", "--set", "checkpoint_every=4", "--set", "sample_every=0"]
 

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from ownllm.commands.feedback import build_datasets
+from ownllm.core.errors import UserError
 from ownllm.server.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -16,7 +17,6 @@ from ownllm.server.store import (
     NothingToReplace,
     Store,
 )
-from ownllm.core.errors import UserError
 
 
 @pytest.fixture
@@ -34,8 +34,9 @@ def answer(store: Store, owner: str, conversation_id: str, question: str, reply:
 
 
 def test_conversations_crud_and_owner_isolation(store):
-    first = store.create_conversation("alice", title="first", system_prompt="You are Pip.",
-                                      settings={"temperature": 0.5})
+    first = store.create_conversation(
+        "alice", title="first", system_prompt="You are Pip.", settings={"temperature": 0.5}
+    )
     second = store.create_conversation("alice")
     store.create_conversation("bob", title="bob's")
     assert len(first["id"]) >= 20 and first["id"] != second["id"]
@@ -46,7 +47,9 @@ def test_conversations_crud_and_owner_isolation(store):
     got = store.get_conversation("alice", first["id"])
     assert got["settings"] == {"temperature": 0.5} and got["system_prompt"] == "You are Pip."
     assert [(m["role"], m["content"], m["status"]) for m in got["messages"]] == [
-        ("user", "hello", "complete"), ("assistant", "hi there", "complete")]
+        ("user", "hello", "complete"),
+        ("assistant", "hi there", "complete"),
+    ]
     assert store.get_conversation("bob", first["id"]) is None, "another owner sees nothing"
     assert store.update_conversation("bob", first["id"], title="mine now") is None
     assert store.delete_conversation("bob", first["id"]) is False
@@ -76,8 +79,11 @@ def test_a_turn_saves_the_user_message_and_a_streaming_reply_at_once(store):
     c = store.create_conversation("me")
     answer(store, "me", c["id"], "one", "reply one")
     turn = store.begin_turn("me", c["id"], "send", "two")
-    assert turn.history == [{"role": "user", "content": "one"}, {"role": "assistant", "content": "reply one"},
-                            {"role": "user", "content": "two"}]
+    assert turn.history == [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "reply one"},
+        {"role": "user", "content": "two"},
+    ]
     reopened = Store(store.path, recover=False)  # another connection sees it committed
     messages = reopened.get_conversation("me", c["id"])["messages"]
     assert [(m["content"], m["status"]) for m in messages[2:]] == [("two", "complete"), ("", "streaming")]
@@ -158,7 +164,11 @@ def test_replies_cut_off_by_a_crash_become_interrupted(tmp_path):
     restarted = Store(path)
     messages = restarted.get_conversation("me", c["id"])["messages"]
     assert [(m["content"], m["status"]) for m in messages] == [
-        ("first", "complete"), ("done", "complete"), ("second", "complete"), ("half a rep", "interrupted")]
+        ("first", "complete"),
+        ("done", "complete"),
+        ("second", "complete"),
+        ("half a rep", "interrupted"),
+    ]
     answer(restarted, "me", c["id"], "third", "fine")  # the conversation goes on after the cut
     restarted.close()
     writer.close()
@@ -190,9 +200,15 @@ def test_a_version_1_database_is_migrated(tmp_path):
     db = sqlite3.connect(path)
     db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
     db.execute("INSERT INTO conversations VALUES ('c1', 'me', 'old', '', '{}', 1.0, 2.0)")
-    db.executemany("INSERT INTO messages VALUES (?, 'c1', ?, ?, ?, NULL, 'complete', 1.0)",
-                   [("m0", 0, "user", "hi"), ("m1", 1, "assistant", "hello"), ("m2", 2, "user", "bye"),
-                    ("m3", 3, "assistant", "see you")])
+    db.executemany(
+        "INSERT INTO messages VALUES (?, 'c1', ?, ?, ?, NULL, 'complete', 1.0)",
+        [
+            ("m0", 0, "user", "hi"),
+            ("m1", 1, "assistant", "hello"),
+            ("m2", 2, "user", "bye"),
+            ("m3", 3, "assistant", "see you"),
+        ],
+    )
     db.commit()
     db.close()
 
@@ -278,16 +294,23 @@ def test_feedback_becomes_sft_conversations_and_preference_pairs(store):
     system = {"role": "system", "content": "You are Pip."}
     assert sft == [
         [system, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
-        [system, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"},
-         {"role": "user", "content": "2+2?"},
-         {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "2+2"}},
-         {"role": "tool", "content": "4"}, {"role": "assistant", "content": "It is 4."}],
+        [
+            system,
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello!"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "2+2"}},
+            {"role": "tool", "content": "4"},
+            {"role": "assistant", "content": "It is 4."},
+        ],
     ]
-    assert pairs == [{
-        "prompt": sft[1][:4],
-        "chosen": sft[1][4:],
-        "rejected": [{"role": "assistant", "content": "5"}],
-    }], "the other conversation has no system prompt: another prompt, no pair"
+    assert pairs == [
+        {
+            "prompt": sft[1][:4],
+            "chosen": sft[1][4:],
+            "rejected": [{"role": "assistant", "content": "5"}],
+        }
+    ], "the other conversation has no system prompt: another prompt, no pair"
 
 
 def test_feedback_export_command(tmp_path, ownllm):
@@ -304,11 +327,16 @@ def test_feedback_export_command(tmp_path, ownllm):
     sft = [json.loads(line) for line in (run / "feedback" / "sft.jsonl").read_text().splitlines()]
     assert sft == [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
     from ownllm.chatformat.datasets import load_conversations
+
     assert load_conversations(run / "feedback" / "sft.jsonl").conversations == [sft[0]["messages"]]
     pairs = [json.loads(line) for line in (run / "feedback" / "preferences.jsonl").read_text().splitlines()]
-    assert pairs == [{"prompt": [{"role": "user", "content": "hi"}],
-                      "chosen": [{"role": "assistant", "content": "hello"}],
-                      "rejected": [{"role": "assistant", "content": "hey"}]}]
+    assert pairs == [
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "chosen": [{"role": "assistant", "content": "hello"}],
+            "rejected": [{"role": "assistant", "content": "hey"}],
+        }
+    ]
 
     out = tmp_path / "elsewhere"
     assert ownllm("feedback", "export", "--run", run, "--out", out).returncode == 0

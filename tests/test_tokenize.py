@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from ownllm.run.corpus_shards import iter_documents
-from ownllm.run.token_shards import open_tokens, tokenizer_hash
-from ownllm.data.tokenize import tokenize_corpus
+from helpers.corpus import assert_one_line_error, cli, story_paragraphs, write_corpus
 from ownllm.core.errors import StaleArtifactError
 from ownllm.core.fsutil import atomic_directory
+from ownllm.data.tokenize import tokenize_corpus
 from ownllm.run import RunDir
+from ownllm.run.corpus_shards import iter_documents
+from ownllm.run.token_shards import open_tokens, tokenizer_hash
 from ownllm.tokenizer import ENDOFTEXT, Tokenizer, train_bpe
-from test_tokenizer_command import assert_one_line_error, cli, story_paragraphs, write_corpus
 
 META_KEYS = {"format", "version", "dtype", "vocab_size", "eot_id", "tokenizer_hash", "corpus_hash", "splits"}
 SPLIT_KEYS = {"files", "tokens", "documents", "bytes"}

@@ -7,39 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ownllm.cli import main
-from ownllm.run.corpus_shards import FORMAT, VERSION, CorpusWriter, read_manifest
-from ownllm.core.fsutil import atomic_directory, atomic_write_json
+from helpers.corpus import assert_one_line_error, cli, story_paragraphs, write_corpus
 from ownllm.run import RunDir
+from ownllm.run.corpus_shards import read_manifest
 from ownllm.tokenizer import Tokenizer
 
 CORPUS = Path(__file__).resolve().parents[1] / "src" / "ownllm" / "resources" / "corpus"
-
-
-def story_paragraphs() -> list[str]:
-    """Real text: the paragraphs of the bundled TinyStories validation prefix."""
-    text = (CORPUS / "tinystories-valid-prefix.txt").read_text(encoding="utf-8")
-    return [p.strip() for p in text.split("\n\n") if p.strip()]
-
-
-def write_corpus(corpus_dir: Path, train: list[str], val: list[str]) -> dict:
-    """A corpus artifact as `ownllm data` writes it; returns its manifest."""
-    with atomic_directory(corpus_dir) as tmp:
-        writer = CorpusWriter(tmp)
-        for document in train:
-            writer.add("train", document)
-        for document in val:
-            writer.add("val", document)
-        atomic_write_json(tmp / "manifest.json", {"format": FORMAT, "version": VERSION, **writer.close()})
-    return read_manifest(corpus_dir)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `ownllm ARGS` in this process; return (exit status, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -76,14 +49,6 @@ def test_stats_reports_bytes_per_token_on_the_validation_split(trained, capsys):
     n_tokens = sum(len(tokenizer.encode(p)) for p in val)
     assert f"{n_bytes:,} bytes, {n_tokens:,} tokens" in out
     assert f"compression: {n_bytes / n_tokens:.3f} bytes per token" in out
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_bad_input_fails_in_one_line_and_keeps_the_existing_tokenizer(trained, capsys):

@@ -24,7 +24,9 @@ WORDS = ["the", " The", "don't", "I'LL", "'s", "'ſ", "hello", "world", "naïve"
 
 def fragments():
     digits = st.integers(0, 10**30).map(str)
-    runs = st.tuples(st.sampled_from(SPACES + ["-", "=", "1", "a", "😀"]), st.integers(1, 60)).map(lambda t: t[0] * t[1])
+    runs = st.tuples(st.sampled_from(SPACES + ["-", "=", "1", "a", "😀"]), st.integers(1, 60)).map(
+        lambda t: t[0] * t[1]
+    )
     return st.one_of(
         st.sampled_from(EMOJI + CJK + COMBINING + SPACES + DISPUTED + WORDS + list(SPECIAL_TOKENS)),
         digits,

@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ownllm.core.errors import UserError
-from ownllm.tokenizer import ENDOFTEXT, SPECIAL_TOKENS, train_bpe
+from ownllm.tokenizer import ENDOFTEXT, SPECIAL_TOKENS, pretokenize, train_bpe
 from ownllm.tokenizer.patterns import GPT4_PATTERN
-from ownllm.tokenizer import pretokenize
 from ownllm.tokenizer.pretokenize import count_pieces
 from ownllm.tokenizer.reference import encode_piece
 from ownllm.tokenizer.train import _heap_entry, _reverse_key, learn_merges
@@ -49,7 +48,24 @@ def naive_merges(word_counts: Counter, n_merges: int) -> list[tuple[bytes, bytes
 
 def unicode_mix(n: int, seed: int = 0) -> str:
     rng = random.Random(seed)
-    alphabet = ["aab", "ab", "abc", "bc", "c", " ", "  ", "\n\n", "123", "4567", "é", "e\u0301", "日本語", "😀", "👍🏽", "'s"]
+    alphabet = [
+        "aab",
+        "ab",
+        "abc",
+        "bc",
+        "c",
+        " ",
+        "  ",
+        "\n\n",
+        "123",
+        "4567",
+        "é",
+        "e\u0301",
+        "日本語",
+        "😀",
+        "👍🏽",
+        "'s",
+    ]
     return "".join(rng.choice(alphabet) for _ in range(n))
 
 

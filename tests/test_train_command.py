@@ -18,12 +18,26 @@ import time
 
 import pytest
 
-from conftest import REPO, run_ownllm
-from test_train_helpers import byte_level_run, metrics, ownllm_here, step_losses
+from helpers import REPO, run_ownllm
+from helpers.runs import byte_level_run, metrics, ownllm_here, step_losses
 
 # A small model with gradient accumulation (2 micro-batches per step), about 20-50 ms a step.
-TRAIN = ["--preset", "tiny", "--set", "threads=1", "--set", "dtype=fp32", "--set", "micro_batch=16", "--set", "batch_tokens=2048",
-         "--set", "eval_every=20", "--set", "eval_tokens=1024"]
+TRAIN = [
+    "--preset",
+    "tiny",
+    "--set",
+    "threads=1",
+    "--set",
+    "dtype=fp32",
+    "--set",
+    "micro_batch=16",
+    "--set",
+    "batch_tokens=2048",
+    "--set",
+    "eval_every=20",
+    "--set",
+    "eval_tokens=1024",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +52,13 @@ def keep_thread_count():
 
 def start_ownllm(*args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0"}
-    return subprocess.Popen([sys.executable, "-m", "ownllm", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ownllm", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -96,8 +115,9 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_then_exit(tmp_path, sig, status):
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     run = byte_level_run(tmp_path / "run")
-    status, stderr = ownllm_here(capsys, "pretrain", "--run", run, *TRAIN, "--set", "steps=10",
-                                 "--set", "checkpoint_every=5")
+    status, stderr = ownllm_here(
+        capsys, "pretrain", "--run", run, *TRAIN, "--set", "steps=10", "--set", "checkpoint_every=5"
+    )
     assert status == 0, stderr
 
     status, stderr = ownllm_here(capsys, "pretrain", "--run", run, *TRAIN)
@@ -112,8 +132,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert status == 2 and "shape" in stderr
 
     # An absurd learning rate makes the weights overflow within a couple of steps.
-    status, stderr = ownllm_here(capsys, "pretrain", "--run", run, "--resume", "--set", "steps=30",
-                                 "--set", "lr=1e30")
+    status, stderr = ownllm_here(capsys, "pretrain", "--run", run, "--resume", "--set", "steps=30", "--set", "lr=1e30")
     assert status == 2, stderr
     error = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1
@@ -124,8 +143,21 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 def test_time_budget_plans_the_steps_and_finishes_the_decay(tmp_path, capsys):
     run = byte_level_run(tmp_path / "run")
-    status, stderr = ownllm_here(capsys, "pretrain", "--run", run, *TRAIN, "--time-budget", "5s",
-                                 "--set", "warmup_steps=5", "--set", "min_lr_ratio=0.1", "--set", "lr=0.002")
+    status, stderr = ownllm_here(
+        capsys,
+        "pretrain",
+        "--run",
+        run,
+        *TRAIN,
+        "--time-budget",
+        "5s",
+        "--set",
+        "warmup_steps=5",
+        "--set",
+        "min_lr_ratio=0.1",
+        "--set",
+        "lr=0.002",
+    )
     assert status == 0, stderr
     records = metrics(run)
     # The first plan times the early steps; re-plans (at evaluations) may move the end if the speed changes.
@@ -164,8 +196,10 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
         "stale shards": (["--run", stale, "--preset", "tiny"], "another tokenizer"),
         "position limit": (["--run", good, "--preset", "tiny", "--set", "seq_len=128"], "position limit"),
         "bad value": (["--run", good, "--preset", "tiny", "--set", "lr=fast"], "expected a number"),
-        "memory": (["--run", good, "--preset", "tiny", "--set", "micro_batch=4000000",
-                    "--set", "batch_tokens=256000000"], "memory"),
+        "memory": (
+            ["--run", good, "--preset", "tiny", "--set", "micro_batch=4000000", "--set", "batch_tokens=256000000"],
+            "memory",
+        ),
         "nothing to resume": (["--run", good, "--resume"], "nothing to resume"),
         "budget": (["--run", good, "--preset", "tiny", "--time-budget", "soon"], "not a duration"),
     }

@@ -21,51 +21,46 @@ bit-identical (the same sums in the same order).
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
-import psutil
 import pytest
 import torch
 
-from conftest import REPO
+from helpers.processes import finish, kill_everything, torchrun, wait_for, workers
+from helpers.runs import byte_level_run, metrics, step_losses
 from ownllm.cli import main
-from ownllm.run.token_shards import open_tokens
 from ownllm.core.errors import UserError
+from ownllm.run.token_shards import open_tokens
 from ownllm.train import distributed
 from ownllm.train.config import load_config
 from ownllm.train.loader import BatchLoader
-from test_train_helpers import byte_level_run, metrics, step_losses
 
 TOLERANCE = 1e-5
 STEPS = 20
-SETTINGS = ["--preset", "tiny", "--set", "threads=1", "--set", "dtype=fp32", "--set", "batch_tokens=1024", "--set", "micro_batch=4",
-            "--set", f"steps={STEPS}", "--set", "checkpoint_every=5", "--set", "eval_every=10",
-            "--set", "eval_tokens=1024"]
-
-
-def torchrun(*args, processes: int = 2) -> subprocess.Popen:
-    """`torchrun --nproc_per_node N --standalone -m ownllm -- ARGS` (the `--` keeps torchrun from reading
-    --run as an abbreviation of its own --run-path)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
-               "-m", "ownllm", "--", *map(str, args)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_everything(proc)
-        pytest.fail("torchrun did not finish: a process is probably waiting for another one")
-    return proc.returncode, stderr
+SETTINGS = [
+    "--preset",
+    "tiny",
+    "--set",
+    "threads=1",
+    "--set",
+    "dtype=fp32",
+    "--set",
+    "batch_tokens=1024",
+    "--set",
+    "micro_batch=4",
+    "--set",
+    f"steps={STEPS}",
+    "--set",
+    "checkpoint_every=5",
+    "--set",
+    "eval_every=10",
+    "--set",
+    "eval_tokens=1024",
+]
 
 
 def in_this_process(*args) -> int:
@@ -77,43 +72,6 @@ def in_this_process(*args) -> int:
         return e.code
     finally:
         torch.set_num_threads(threads)
-
-
-def workers(proc: subprocess.Popen) -> dict[int, psutil.Process]:
-    """torchrun's worker processes by rank."""
-    found = {}
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            rank = child.environ().get("RANK")
-        except psutil.Error:
-            continue
-        if rank is not None:
-            found[int(rank)] = child
-    return found
-
-
-def kill_everything(proc: subprocess.Popen) -> None:
-    """SIGKILL torchrun and every worker at once: a crash. Workers run in sessions of their own,
-    so killing torchrun's process group would leave them running."""
-    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in family:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=30)
-    proc.communicate()
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"torchrun ended early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            kill_everything(proc)
-            pytest.fail("timed out waiting for the training processes")
-        time.sleep(0.01)
 
 
 def val_losses(run) -> dict[int, float]:

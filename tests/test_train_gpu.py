@@ -7,10 +7,9 @@ import os
 import pytest
 import torch
 
+from helpers.runs import byte_level_run, metrics, ownllm_here, step_losses
 from ownllm.cli import main
 from ownllm.core.device import choose_precision, resolve_device
-
-from test_train_helpers import byte_level_run, metrics, ownllm_here, step_losses
 
 pytestmark = [
     pytest.mark.gpu,
@@ -52,9 +51,27 @@ def test_micro_batch_auto_backs_off_from_out_of_memory(tmp_path, capsys):
     torch.cuda.set_per_process_memory_fraction(2 * 2**30 / total)
     try:
         with pytest.raises(SystemExit) as done:
-            main(["pretrain", "--run", str(run), "--preset", "tiny", "--set", "model.d_model=256",
-                  "--set", "model.n_layers=4", "--set", "batch_tokens=262144", "--set", "micro_batch=auto",
-                  "--set", "steps=2", "--set", "eval_every=0"])
+            main(
+                [
+                    "pretrain",
+                    "--run",
+                    str(run),
+                    "--preset",
+                    "tiny",
+                    "--set",
+                    "model.d_model=256",
+                    "--set",
+                    "model.n_layers=4",
+                    "--set",
+                    "batch_tokens=262144",
+                    "--set",
+                    "micro_batch=auto",
+                    "--set",
+                    "steps=2",
+                    "--set",
+                    "eval_every=0",
+                ]
+            )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
@@ -72,9 +89,28 @@ def test_bf16_follows_the_fp32_loss_curve(tmp_path, capsys):
     curves = {}
     for dtype in ("bf16", "fp32"):
         run = byte_level_run(tmp_path / dtype)
-        status, err = ownllm_here(capsys, "pretrain", "--run", run, "--preset", "tiny", "--set", "model.d_model=128",
-                                  "--set", "model.n_layers=4", "--set", "steps=30", "--set", f"dtype={dtype}",
-                                  "--set", "eval_every=0", "--set", "sample_every=0", "--set", "checkpoint_every=0")
+        status, err = ownllm_here(
+            capsys,
+            "pretrain",
+            "--run",
+            run,
+            "--preset",
+            "tiny",
+            "--set",
+            "model.d_model=128",
+            "--set",
+            "model.n_layers=4",
+            "--set",
+            "steps=30",
+            "--set",
+            f"dtype={dtype}",
+            "--set",
+            "eval_every=0",
+            "--set",
+            "sample_every=0",
+            "--set",
+            "checkpoint_every=0",
+        )
         assert status == 0, err
         curves[dtype] = step_losses(run)
     bf16, fp32 = curves["bf16"], curves["fp32"]
@@ -90,17 +126,40 @@ def test_fsdp2_with_one_process_trains_like_plain_training(tmp_path, capsys):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     settings = ["--preset", "tiny", "--set", "steps=20", "--set", "eval_every=0", "--set", "sample_every=0"]
     plain, sharded = byte_level_run(tmp_path / "plain"), byte_level_run(tmp_path / "fsdp")
     status, err = ownllm_here(capsys, "pretrain", "--run", plain, *settings)
     assert status == 0, err
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OWNLLM_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--standalone",
-                           "-m", "ownllm", "--", "pretrain", "--run", str(sharded), *settings, "--set", "fsdp=true"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "OWNLLM_PROGRESS": "0",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "1",
+            "--standalone",
+            "-m",
+            "ownllm",
+            "--",
+            "pretrain",
+            "--run",
+            str(sharded),
+            *settings,
+            "--set",
+            "fsdp=true",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     start = next(r for r in metrics(sharded) if r.get("event") == "start")
     assert start["parallel"] == "fsdp"
@@ -126,18 +185,46 @@ def test_two_gpus_follow_the_loss_curve_of_one(tmp_path, capsys, fsdp):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
-    settings = ["--preset", "tiny", "--set", "batch_tokens=1024", "--set", "micro_batch=4", "--set", "steps=20",
-                "--set", f"fsdp={str(fsdp).lower()}"]
+    settings = [
+        "--preset",
+        "tiny",
+        "--set",
+        "batch_tokens=1024",
+        "--set",
+        "micro_batch=4",
+        "--set",
+        "steps=20",
+        "--set",
+        f"fsdp={str(fsdp).lower()}",
+    ]
     one, two = byte_level_run(tmp_path / "one"), byte_level_run(tmp_path / "two")
     with pytest.raises(SystemExit) as done:
         main(["pretrain", "--run", str(one), *settings])
     assert done.value.code == 0, capsys.readouterr().err
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OWNLLM_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                           "-m", "ownllm", "--", "pretrain", "--run", str(two), *settings],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "ownllm",
+            "--",
+            "pretrain",
+            "--run",
+            str(two),
+            *settings,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     a, b = step_losses(one), step_losses(two)
     assert sorted(b) == list(range(1, 21))

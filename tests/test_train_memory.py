@@ -11,13 +11,13 @@ import psutil
 import pytest
 import torch
 
+from helpers.runs import byte_level_run, metrics
 from ownllm.cli import main
 from ownllm.core.errors import UserError
 from ownllm.model.config import ModelConfig
 from ownllm.run import RunDir
 from ownllm.train.config import load_config
 from ownllm.train.memory import candidates, largest_fitting, training_bytes
-from test_train_helpers import byte_level_run, metrics
 
 MODEL = ModelConfig(vocab_size=257, n_layers=2, d_model=64, n_heads=4, max_seq_len=64)
 PARAMS = 140_000
@@ -67,8 +67,25 @@ def test_micro_batch_auto_fits_the_free_memory_and_keeps_the_batch(tmp_path, cap
     run = byte_level_run(tmp_path / "run")
     threads = torch.get_num_threads()
     with pytest.raises(SystemExit) as done:
-        main(["pretrain", "--run", str(run), "--preset", "tiny", "--set", "threads=1", "--set", "steps=2",
-              "--set", "batch_tokens=1024", "--set", "micro_batch=auto", "--set", "eval_every=0"])
+        main(
+            [
+                "pretrain",
+                "--run",
+                str(run),
+                "--preset",
+                "tiny",
+                "--set",
+                "threads=1",
+                "--set",
+                "steps=2",
+                "--set",
+                "batch_tokens=1024",
+                "--set",
+                "micro_batch=auto",
+                "--set",
+                "eval_every=0",
+            ]
+        )
     torch.set_num_threads(threads)
     assert done.value.code == 0, capsys.readouterr().err
     expected = 16 if free_for is None else free_for

@@ -8,26 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from ownllm.run.token_shards import open_tokens
-from ownllm.core.errors import UserError
+from helpers.runs import byte_level_run
+from ownllm.core import device
 from ownllm.core.bpb import bits_per_byte, perplexity
+from ownllm.core.errors import UserError
 from ownllm.model import ModelConfig, Transformer
 from ownllm.run import checkpoints
-from ownllm.core import device
+from ownllm.run.token_shards import open_tokens
 from ownllm.train.config import PRESETS, load_config, parse_duration
 from ownllm.train.loader import BatchLoader, TokenStream, eval_batches
 from ownllm.train.schedule import lr_at
-
-from test_train_helpers import byte_level_run
 
 # ---- precision on the CPU -------------------------------------------------------------------
 
 
 def test_cpu_precision_is_fp32_unless_asked_whatever_the_timings(monkeypatch):
-    """The choice may not depend on a measurement: a machine where bf16 products time 100x faster still trains in fp32."""
+    """The choice may not depend on a measurement: where bf16 products time 100x faster, it still trains in fp32."""
     cpu = torch.device("cpu")
-    monkeypatch.setattr(device, "measure_matmul_flops",
-                        lambda _device, dtype, **_: 100e9 if dtype == torch.bfloat16 else 1e9)
+    monkeypatch.setattr(
+        device, "measure_matmul_flops", lambda _device, dtype, **_: 100e9 if dtype == torch.bfloat16 else 1e9
+    )
     for _ in range(3):
         chosen = device.choose_precision(cpu, "auto", agree=lambda name: pytest.fail(f"asked the others about {name}"))
         assert chosen.dtype == torch.float32 and "--set dtype=bf16" in chosen.describe()
@@ -50,7 +50,9 @@ def test_cosine_schedule_shape():
 
 
 def test_wsd_schedule_holds_then_decays_linearly():
-    lrs = [lr_at(s, 100, 1.0, warmup_steps=10, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2) for s in range(101)]
+    lrs = [
+        lr_at(s, 100, 1.0, warmup_steps=10, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2) for s in range(101)
+    ]
     assert lrs[9] == lrs[50] == lrs[80] == 1.0
     assert lrs[90] == pytest.approx(0.5)
     assert lrs[100] == pytest.approx(0.0)
@@ -92,8 +94,11 @@ def test_gpu_small_is_gpt2_small_class():
 
 
 def test_set_overrides_are_typed():
-    config = load_config("tiny", ["lr=3e-4", "n_layers=3", "model.qk_norm=yes", "steps=1e3", "n_kv_heads=none",
-                                  "compile=false", "schedule=wsd"], time_budget="1m30s")
+    config = load_config(
+        "tiny",
+        ["lr=3e-4", "n_layers=3", "model.qk_norm=yes", "steps=1e3", "n_kv_heads=none", "compile=false", "schedule=wsd"],
+        time_budget="1m30s",
+    )
     assert (config.lr, config.model.n_layers, config.model.qk_norm, config.steps) == (3e-4, 3, True, 1000)
     assert config.model.n_kv_heads is None and config.compile is False and config.schedule == "wsd"
     assert config.time_budget == 90.0
@@ -226,7 +231,9 @@ def test_checkpoint_round_trip_keeps_the_last_k(tmp_path):
     fresh_optimizer = torch.optim.AdamW(restored.parameters(), lr=1e-3)
     checkpoints.load_training_state(path, fresh_optimizer)
     moments = [s["exp_avg"] for s in fresh_optimizer.state_dict()["state"].values()]
-    assert moments and all(torch.equal(a["exp_avg"], b) for a, b in zip(optimizer.state_dict()["state"].values(), moments))
+    assert moments and all(
+        torch.equal(a["exp_avg"], b) for a, b in zip(optimizer.state_dict()["state"].values(), moments)
+    )
     assert checkpoints.latest_checkpoint(tmp_path) is None  # no stage directory: nothing to resume
 
 
@@ -250,8 +257,9 @@ def test_replan_moves_the_end_when_the_run_slows_down():
     from ownllm.train.trainer import replanned_total_steps
 
     # Planned 300 steps for 180 s at 0.55 s/step, but since step 20 (at 12 s) the run went at 0.75 s/step.
-    new = replanned_total_steps(step=100, total=300, elapsed=72.0, mark_step=20, mark_elapsed=12.0,
-                                budget=180.0, eval_seconds=1.5)
+    new = replanned_total_steps(
+        step=100, total=300, elapsed=72.0, mark_step=20, mark_elapsed=12.0, budget=180.0, eval_seconds=1.5
+    )
     per_step = (72.0 - 12.0) / 80
     assert new == 100 + int((180.0 - 72.0 - 1.5 - 1.8) / per_step)
     assert 100 < new < 300
@@ -263,8 +271,16 @@ def test_replan_leaves_an_accurate_plan_alone():
     from ownllm.train.trainer import replanned_total_steps
 
     # On pace: 300 steps at 0.5875 s/step from step 20 at 12 s fill the budget (less eval and margin).
-    assert replanned_total_steps(step=100, total=300, elapsed=59.0, mark_step=20, mark_elapsed=12.0,
-                                 budget=180.0, eval_seconds=1.5) is None
+    assert (
+        replanned_total_steps(
+            step=100, total=300, elapsed=59.0, mark_step=20, mark_elapsed=12.0, budget=180.0, eval_seconds=1.5
+        )
+        is None
+    )
     # Too few steps since the mark to trust a rate.
-    assert replanned_total_steps(step=25, total=300, elapsed=30.0, mark_step=20, mark_elapsed=12.0,
-                                 budget=180.0, eval_seconds=1.5) is None
+    assert (
+        replanned_total_steps(
+            step=25, total=300, elapsed=30.0, mark_step=20, mark_elapsed=12.0, budget=180.0, eval_seconds=1.5
+        )
+        is None
+    )

@@ -1,6 +1,6 @@
 """The chat page in a real browser: Playwright driving Debian's Chromium against a real server.
 
-The server is `create_app` under uvicorn (tests/server_fixtures.py) on a tiny model trained
+The server is `create_app` under uvicorn (tests/helpers/server.py) on a tiny model trained
 here until greedy decoding (temperature 0, set in the page's settings) says exactly:
 
 - HTML_PROMPT -> HTML_REPLY: markdown and hostile HTML, which the page must show as text;
@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from server_fixtures import live_server
 
+from helpers.server import live_server
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import IGNORE_INDEX, ChatTemplate
-from ownllm.run.token_shards import tokenizer_hash
 from ownllm.model import ModelConfig, Transformer
+from ownllm.run.checkpoints import save_checkpoint
+from ownllm.run.token_shards import tokenizer_hash
 from ownllm.server.settings import ServerSettings
 from ownllm.tokenizer import Tokenizer
-from ownllm.run.checkpoints import save_checkpoint
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,8 +37,7 @@ expect = sync_api.expect
 
 PERSONA = Persona(name="Pip", description="a test bot")
 HTML_PROMPT = "Show me some HTML"
-HTML_REPLY = ("Here is **bold** and `code`:\n\n- one\n- two\n\n"
-              "<img src=x onerror=alert(1)> <script>alert(2)</script>")
+HTML_REPLY = "Here is **bold** and `code`:\n\n- one\n- two\n\n<img src=x onerror=alert(1)> <script>alert(2)</script>"
 CALC_PROMPT, CALC_ANSWER = "What is 12 * 7?", "It is 84."
 LONG_PROMPT = "Tell me a long story"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -53,9 +52,13 @@ def chat_run(root: Path) -> Path:
     system = {"role": "system", "content": PERSONA.system_prompt()}
     conversations = [
         [system, {"role": "user", "content": HTML_PROMPT}, {"role": "assistant", "content": HTML_REPLY}],
-        [system, {"role": "user", "content": CALC_PROMPT},
-         {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
-         {"role": "tool", "content": "84"}, {"role": "assistant", "content": CALC_ANSWER}],
+        [
+            system,
+            {"role": "user", "content": CALC_PROMPT},
+            {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
+            {"role": "tool", "content": "84"},
+            {"role": "assistant", "content": CALC_ANSWER},
+        ],
         [system, {"role": "user", "content": LONG_PROMPT}, {"role": "assistant", "content": "la " * 40}],
     ]
     rows = [template.render(c).training_pair(IGNORE_INDEX) for c in conversations]
@@ -64,8 +67,9 @@ def chat_run(root: Path) -> Path:
     inputs = torch.tensor([x + [tokenizer.eot_id] * (width - len(x)) for x, _ in rows])
     targets = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for _, y in rows])
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4,
-                                    max_seq_len=2048))
+    model = Transformer(
+        ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4, max_seq_len=2048)
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     learned = targets != IGNORE_INDEX
     for step in range(400):
@@ -81,8 +85,11 @@ def chat_run(root: Path) -> Path:
                     break
     else:
         raise RuntimeError(f"the test model did not learn its replies (loss {loss.item():.4f})")
-    state = {"tokenizer_hash": tokenizer_hash(root / "tokenizer"), "model_config": model.config.to_dict(),
-             "persona": PERSONA.to_dict()}
+    state = {
+        "tokenizer_hash": tokenizer_hash(root / "tokenizer"),
+        "model_config": model.config.to_dict(),
+        "persona": PERSONA.to_dict(),
+    }
     save_checkpoint(root / "checkpoints" / "sft", step + 1, model.eval(), None, state)
     return root
 
@@ -176,15 +183,24 @@ MARKDOWN_CASES = [
     ("__b__ _i_ snake_case_name", "<p><strong>b</strong> <em>i</em> snake_case_name</p>"),
     ("<img src=x onerror=alert(1)>", "<p>&lt;img src=x onerror=alert(1)&gt;</p>"),
     ("**<script>alert(1)</script>**", "<p><strong>&lt;script&gt;alert(1)&lt;/script&gt;</strong></p>"),
-    ("`<b>` & \"quotes\"", "<p><code>&lt;b&gt;</code> &amp; \"quotes\"</p>"),
-    ("[site](https://example.com/a?b=1)",
-     '<p><a href="https://example.com/a?b=1" target="_blank" rel="noopener noreferrer nofollow">site</a></p>'),
+    ('`<b>` & "quotes"', '<p><code>&lt;b&gt;</code> &amp; "quotes"</p>'),
+    (
+        "[site](https://example.com/a?b=1)",
+        '<p><a href="https://example.com/a?b=1" target="_blank" rel="noopener noreferrer nofollow">site</a></p>',
+    ),
     ("[x](javascript:alert(1))", "<p>[x](javascript:alert(1))</p>"),
     ("[x](data:text/html,hi)", "<p>[x](data:text/html,hi)</p>"),
-    ("see https://example.com.", ('<p>see <a href="https://example.com" target="_blank" '
-                                  'rel="noopener noreferrer nofollow">https://example.com</a>.</p>')),
-    ("```py\nprint('<b>')\n\nx = 1\n```\nafter",
-     "<pre><code class=\"language-py\">print('&lt;b&gt;')\n\nx = 1</code></pre><p>after</p>"),
+    (
+        "see https://example.com.",
+        (
+            '<p>see <a href="https://example.com" target="_blank" '
+            'rel="noopener noreferrer nofollow">https://example.com</a>.</p>'
+        ),
+    ),
+    (
+        "```py\nprint('<b>')\n\nx = 1\n```\nafter",
+        "<pre><code class=\"language-py\">print('&lt;b&gt;')\n\nx = 1</code></pre><p>after</p>",
+    ),
     ("```\nstill streaming <i>", "<pre><code>still streaming &lt;i&gt;</code></pre>"),
     ("- a\n- **b**\n\n1. x\n2. y", "<ul><li>a</li><li><strong>b</strong></li></ul><ol><li>x</li><li>y</li></ol>"),
     ("3. three\n4. four", '<ol start="3"><li>three</li><li>four</li></ol>'),
@@ -195,14 +211,17 @@ MARKDOWN_CASES = [
 
 
 def test_markdown_renderer_builds_elements_and_never_parses_text_as_html(page):
-    rendered = page.tab.evaluate("""async (cases) => {
+    rendered = page.tab.evaluate(
+        """async (cases) => {
         const { renderMarkdown } = await import("/static/markdown.js");
         return cases.map((text) => {
             const box = document.createElement("div");
             box.append(renderMarkdown(text));
             return box.innerHTML;
         });
-    }""", [text for text, _ in MARKDOWN_CASES])
+    }""",
+        [text for text, _ in MARKDOWN_CASES],
+    )
     assert list(zip(rendered, (html for _, html in MARKDOWN_CASES))) == [(h, h) for _, h in MARKDOWN_CASES]
     assert not page.dialogs
 
@@ -326,7 +345,10 @@ def test_regenerate_and_edit_the_last_message(page, server):
     expect(page.tab.locator(".message.user .bubble")).to_have_text(CALC_PROMPT)
     expect(page.wait_for_reply().locator(".body")).to_have_text(CALC_ANSWER)
     assert [m["content"] for m in stored(server, conversation)["messages"] if m["role"] != "tool"] == [
-        CALC_PROMPT, "", CALC_ANSWER]
+        CALC_PROMPT,
+        "",
+        CALC_ANSWER,
+    ]
 
 
 def test_conversations_are_renamed_and_deleted_from_the_list(page, server):

@@ -1,8 +1,9 @@
 """The `ownllm` command: parse arguments, then call one stage.
 
-Each subcommand lives in its stage's package as a module with two functions:
-`configure(parser)` adds its arguments, `run(args)` does the work. Modules are imported
-only when their subcommand is chosen, so `ownllm --help` stays fast (no PyTorch import).
+Each subcommand is a module of ownllm/commands/, named for it, with two functions:
+`configure(parser)` adds its arguments, `run(args)` resolves the run directory and calls
+the library. Modules are imported only when their subcommand is chosen, so `ownllm --help`
+stays fast (no PyTorch import).
 """
 
 from __future__ import annotations

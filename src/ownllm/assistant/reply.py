@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from ownllm.chatformat.conversation import Conversation, Message, validate
 from ownllm.chatformat.template import ChatTemplate
@@ -35,8 +36,10 @@ class ContextOverflow(UserError):
 
     def __init__(self, prompt_tokens: int, context_size: int, reserved: int = 0):
         room = f", {reserved} of them kept for the reply" if reserved else ""
-        super().__init__(f"the prompt has {prompt_tokens} tokens and the context holds {context_size}{room}; "
-                         f"shorten the message or the system prompt")
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens and the context holds {context_size}{room}; "
+            f"shorten the message or the system prompt"
+        )
         self.prompt_tokens, self.context_size, self.reserved = prompt_tokens, context_size, reserved
 
 
@@ -67,7 +70,7 @@ def _fit(template: ChatTemplate, conversation: Conversation, budget: int) -> tup
         size -= sum(spans[i][1] - spans[i][0] for i in range(start, end))
         if size <= budget:
             kept = conversation[:head] + conversation[end:]
-            kept_ids = ids[: spans[head][0]] + ids[spans[end][0]:]  # rendering is message by message
+            kept_ids = ids[: spans[head][0]] + ids[spans[end][0] :]  # rendering is message by message
             return kept, end - head, kept_ids
     raise ContextOverflow(size, budget)  # the size with every earlier exchange dropped
 
@@ -98,8 +101,14 @@ class ReplyEvent:
     completion_tokens: int = 0  # for "done": tokens generated in all
 
 
-def reply(engine: Engine, template: ChatTemplate, conversation: Conversation, params: SamplingParams,
-          truncate: bool = True, max_tool_calls: int = 3) -> Iterator[ReplyEvent]:
+def reply(
+    engine: Engine,
+    template: ChatTemplate,
+    conversation: Conversation,
+    params: SamplingParams,
+    truncate: bool = True,
+    max_tool_calls: int = 3,
+) -> Generator[ReplyEvent, None, None]:
     """Stream the assistant's reply to `conversation` (which ends with a user message).
 
     Generation stops at the template's stop ids. When the model ends its turn with a tool
@@ -113,8 +122,10 @@ def reply(engine: Engine, template: ChatTemplate, conversation: Conversation, pa
     """
     conversation = validate(conversation)
     if conversation[-1]["role"] != "user":
-        raise UserError(f"the conversation must end with a user message to reply to "
-                        f"(its last message is from the {conversation[-1]['role']})")
+        raise UserError(
+            f"the conversation must end with a user message to reply to "
+            f"(its last message is from the {conversation[-1]['role']})"
+        )
     params = params.validate()
     context = engine.context_size
     reserved = min(params.max_tokens, context // 4)
@@ -133,8 +144,11 @@ def reply(engine: Engine, template: ChatTemplate, conversation: Conversation, pa
             if len(prompt) > context - reserved:
                 raise ContextOverflow(len(prompt), context, reserved)
         calls_left = max_tool_calls - sum(1 for m in new if m["role"] == "tool")
-        turn_params = replace(params, max_tokens=params.max_tokens - generated,
-                              stop_ids=stop_ids if calls_left > 0 else stop_ids | {template.tool_call_id})
+        turn_params = replace(
+            params,
+            max_tokens=params.max_tokens - generated,
+            stop_ids=stop_ids if calls_left > 0 else stop_ids | {template.tool_call_id},
+        )
         turn = _Turn(template)
         with contextlib.closing(engine.stream(prompt, turn_params)) as events:
             for event in events:
@@ -145,8 +159,14 @@ def reply(engine: Engine, template: ChatTemplate, conversation: Conversation, pa
         message, call, finish_reason = turn.message(may_call=generated < params.max_tokens)
         new.append(message)
         if call is None:
-            yield ReplyEvent("done", finish_reason=finish_reason, messages=new, dropped=dropped,
-                             prompt_tokens=len(prompt), completion_tokens=generated)
+            yield ReplyEvent(
+                "done",
+                finish_reason=finish_reason,
+                messages=new,
+                dropped=dropped,
+                prompt_tokens=len(prompt),
+                completion_tokens=generated,
+            )
             return
         yield ReplyEvent("tool_call", format_tool_call(call))
         result = run_tool(call)
@@ -179,7 +199,7 @@ class _Turn:
             # The event may hold text from both sides of the call token: show exactly the part before it.
             self.in_call = True
             before = self.template.parse_reply(self.ids).message["content"]
-            new, self.shown = before[len(self.shown):], before
+            new, self.shown = before[len(self.shown) :], before
             return new
         self.shown += event.text
         return event.text

@@ -22,9 +22,10 @@ worth keeping can be fine-tuned on:
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from ownllm.assistant.reply import ReplyEvent, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
@@ -52,7 +53,7 @@ class Settings:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    def with_value(self, name: str, text: str) -> "Settings":
+    def with_value(self, name: str, text: str) -> Settings:
         """A copy with `name` set from the text a person typed ("0.7", "none" for no seed), checked."""
         if name not in self.names():
             raise UserError(f"unknown setting {name!r}; settings: {', '.join(self.names())}")
@@ -63,9 +64,10 @@ class Settings:
             value = kind(text)
         except ValueError:
             raise UserError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {text!r}") from None
-        return replace(self, **{name: value}).checked()
+        changed: dict[str, Any] = {name: value}
+        return replace(self, **changed).checked()
 
-    def checked(self) -> "Settings":
+    def checked(self) -> Settings:
         self.sampling()
         return self
 
@@ -76,9 +78,9 @@ class Settings:
         return SamplingParams(**asdict(self)).validate()
 
     @classmethod
-    def from_dict(cls, values) -> "Settings":
+    def from_dict(cls, values) -> Settings:
         if not isinstance(values, dict):
-            raise UserError("settings must be an object such as {\"temperature\": 0.8}")
+            raise UserError('settings must be an object such as {"temperature": 0.8}')
         unknown = set(values) - set(cls.names())
         if unknown:
             raise UserError(f"unknown settings {sorted(unknown)}; settings: {', '.join(cls.names())}")
@@ -106,8 +108,14 @@ def default_system_prompt(persona: dict | None, stage: str | None, checkpoint: P
 class ChatSession:
     """One conversation with the engine; not thread-safe (one person, one terminal)."""
 
-    def __init__(self, engine, template: ChatTemplate, system: str | None = None, settings: Settings = Settings(),
-                 note: str | None = None):
+    def __init__(
+        self,
+        engine,
+        template: ChatTemplate,
+        system: str | None = None,
+        settings: Settings = Settings(),
+        note: str | None = None,
+    ):
         self.engine, self.template = engine, template
         self.system = system or None
         self.settings = settings.checked()
@@ -116,8 +124,14 @@ class ChatSession:
         self.note = note or _describe_system(self.system)  # for a person: where the system prompt came from
 
     @classmethod
-    def open(cls, run: str | Path, stage: str | None = None, system: str | None = None,
-             settings: Settings = Settings(), device: str = "auto") -> "ChatSession":
+    def open(
+        cls,
+        run: str | Path,
+        stage: str | None = None,
+        system: str | None = None,
+        settings: Settings = Settings(),
+        device: str = "auto",
+    ) -> ChatSession:
         """A session on the latest checkpoint of `stage` (None: sft if the run has one, else pretrain).
 
         `system` None takes the default (see default_system_prompt); "" means none.
@@ -129,13 +143,14 @@ class ChatSession:
         note = None
         if system is None:
             resolved = engine.resolved
+            assert resolved is not None  # Engine.load sets it
             system, note = default_system_prompt(resolved.persona, resolved.stage, resolved.path)
         return cls(engine, ChatTemplate(engine.tokenizer), system, settings, note)
 
     def conversation(self) -> Conversation:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
-    def send(self, text: str) -> Iterator[ReplyEvent]:
+    def send(self, text: str) -> Generator[ReplyEvent, None, None]:
         """Add the user's message and stream the reply; the history keeps whatever of it was written."""
         message = {"role": "user", "content": text}
         validate([message])  # an empty message is refused before anything changes
@@ -180,8 +195,15 @@ class ChatSession:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         try:
-            atomic_write_json(path, {"format": FORMAT, "version": VERSION, "messages": self.conversation(),
-                                     "settings": asdict(self.settings)})
+            atomic_write_json(
+                path,
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "messages": self.conversation(),
+                    "settings": asdict(self.settings),
+                },
+            )
         except OSError as e:
             raise UserError(f"cannot write {path}: {e.strerror}") from None
         return path
@@ -209,9 +231,11 @@ def read_chat(path: str | Path) -> tuple[Conversation, Settings]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a saved chat (not JSON: {e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path} is not a saved chat (no \"format\": \"{FORMAT}\"); save one with /save")
+        raise UserError(f'{path} is not a saved chat (no "format": "{FORMAT}"); save one with /save')
     if data.get("version") != VERSION:
-        raise UserError(f"{path} is a saved chat of version {data.get('version')!r}; this ownllm reads version {VERSION}")
+        raise UserError(
+            f"{path} is a saved chat of version {data.get('version')!r}; this ownllm reads version {VERSION}"
+        )
     messages = data.get("messages", [])
     try:
         messages = validate(messages) if messages else []
@@ -219,8 +243,9 @@ def read_chat(path: str | Path) -> tuple[Conversation, Settings]:
         raise UserError(f"{path}: {e}") from None
     # A saved chat ends with the assistant's reply, or is a system prompt alone (a fresh chat with that prompt).
     if messages and messages[-1]["role"] not in ("assistant", "system"):
-        raise UserError(f"{path}: the chat ends with a {messages[-1]['role']} message; a saved chat ends with "
-                        f"the assistant's reply")
+        raise UserError(
+            f"{path}: the chat ends with a {messages[-1]['role']} message; a saved chat ends with the assistant's reply"
+        )
     try:
         settings = Settings.from_dict(data.get("settings", {}))
     except UserError as e:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import cast
 
 MAX_INPUT_CHARS = 200  # a tool call is one short expression; anything longer is refused unread
 MAX_DEPTH = 40  # nested parentheses / unary signs (the parser recurses once per level)
@@ -106,7 +107,9 @@ def _tokenize(text: str) -> list[Fraction | str]:
                 while i < len(text) and text[i] in _DIGITS:
                     i += 1
             literal = text[start:i]
-            tokens.append(_checked(Fraction(literal.rstrip(".") or "0")))
+            number = Fraction(literal.rstrip(".") or "0")
+            _checked(number)  # refuses a literal too big to work with
+            tokens.append(number)
         elif text.startswith("**", i):
             tokens.append("**")
             i += 2
@@ -141,13 +144,13 @@ class _Parser:
     def expression(self, depth: int) -> Number:
         value = self.term(depth)
         while self.peek() in ("+", "-"):
-            value = _apply(self.take(), value, self.term(depth))
+            value = _apply(cast(str, self.take()), value, self.term(depth))
         return value
 
     def term(self, depth: int) -> Number:
         value = self.unary(depth)
         while self.peek() in ("*", "/", "%"):
-            value = _apply(self.take(), value, self.unary(depth))
+            value = _apply(cast(str, self.take()), value, self.unary(depth))
         return value
 
     def unary(self, depth: int) -> Number:

@@ -16,7 +16,8 @@ else with one line saying which message is wrong.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ownllm.chatformat.tools import is_tool_name
 from ownllm.core.errors import UserError
@@ -91,6 +92,7 @@ def _clean_message(message: Any, index: int) -> Message:
 def _check_order(previous: Message | None, message: Message, index: int) -> None:
     """Enforce: [system] user assistant (tool assistant)* user assistant ..."""
     role, where = message["role"], f"message {index + 1}"
+    allowed: tuple[str, ...]
     if previous is None:
         allowed = ("system", "user")
     elif previous["role"] == "assistant":

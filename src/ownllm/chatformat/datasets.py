@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ownllm.chatformat.chatterbot import read_chatterbot
 from ownllm.chatformat.conversation import Conversation

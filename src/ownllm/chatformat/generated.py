@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ownllm.chatformat.calculator import calculate, is_error
 from ownllm.chatformat.conversation import Conversation
@@ -58,7 +58,7 @@ class GeneratedMix:
             raise UserError("max_story_words and max_passage_words must be at least 60 (few stories are shorter)")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeneratedMix":
+    def from_dict(cls, d: dict) -> GeneratedMix:
         return dataclass_from_dict(cls, d, "mixture")
 
 
@@ -78,7 +78,7 @@ def generate_conversations(
     return conversations
 
 
-def generate_one(kind: str, rng: random.Random, context: "_Context") -> Conversation:
+def generate_one(kind: str, rng: random.Random, context: _Context) -> Conversation:
     conversation = GENERATORS[kind](rng, context)
     if rng.random() < context.mix.system_prompt_rate:
         conversation = [{"role": "system", "content": context.persona.system_prompt()}, *conversation]
@@ -322,9 +322,9 @@ def arithmetic(rng: random.Random, context: _Context) -> Conversation:
         expression = f"{left} / 0"
         question = rng.choice((f"What is {left} divided by 0?", f"What is {left} / 0?"))
     elif shape < 0.35:  # three numbers, sometimes with parentheses
-        a, op1, b = _binary(rng)
-        op2, c = rng.choice(("+", "-", "*")), _number(rng)
-        expression = f"({a} {op1} {b}) {op2} {c}" if rng.random() < 0.5 else f"{a} {op1} {b} {op2} {c}"
+        x, op1, y = _binary(rng)
+        op2, z = rng.choice(("+", "-", "*")), _number(rng)
+        expression = f"({x} {op1} {y}) {op2} {z}" if rng.random() < 0.5 else f"{x} {op1} {y} {op2} {z}"
         question = rng.choice(("What is {}?", "Calculate {}.", "What's {}?", "Can you work out {}?")).format(expression)
     elif shape < 0.4:  # squares
         n = rng.randint(1, 30)

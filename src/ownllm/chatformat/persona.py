@@ -36,5 +36,5 @@ class Persona:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Persona":
+    def from_dict(cls, d: dict) -> Persona:
         return dataclass_from_dict(cls, d, "persona")

@@ -26,6 +26,7 @@ import hashlib
 import json
 import random
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -37,8 +38,8 @@ from ownllm.chatformat.datasets import bundled_sft_dir, load_conversations
 from ownllm.chatformat.generated import GeneratedMix, generate_conversations
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import ChatTemplate
-from ownllm.model.loss import IGNORE_INDEX
 from ownllm.core.errors import UserError
+from ownllm.model.loss import IGNORE_INDEX
 
 # The bundled datasets by their short names (the mixture's `bundled` table) and their files.
 BUNDLED = {"oasst": "oasst-en100-trees.jsonl", "dolly": "dolly-151.jsonl", "chatterbot": "chatterbot-english"}
@@ -69,8 +70,9 @@ class SFTMixture:
         if unknown:
             raise UserError(f"unknown bundled datasets {sorted(unknown)} in the mixture; known: {', '.join(BUNDLED)}")
         if any(not _whole(n) or n < 0 for n in self.bundled.values()):
-            raise UserError(f"sft.bundled counts must be whole numbers >= 0 (0 leaves a dataset out), "
-                            f"got {self.bundled}")
+            raise UserError(
+                f"sft.bundled counts must be whole numbers >= 0 (0 leaves a dataset out), got {self.bundled}"
+            )
         if not isinstance(self.held_out, (int, float)) or not 0 <= self.held_out <= 0.5:
             raise UserError(f"sft.held_out={self.held_out!r} must be a share between 0 and 0.5")
         if not self.generated and not any(self.bundled.values()) and not self.files:
@@ -110,8 +112,12 @@ class SFTMixture:
         return cls(**d)
 
 
-def load_mixture(path: str | Path | None = None, overrides: list[str] = (), data_files: list[str] = (),
-                 persona_name: str | None = None) -> SFTMixture:
+def load_mixture(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    data_files: Sequence[str] = (),
+    persona_name: str | None = None,
+) -> SFTMixture:
     """The defaults, then the TOML file, then each `key=value` override, then --data files and the name.
 
     Keys are dotted paths into the mixture: `generated=3000`, `bundled.chatterbot=0`,
@@ -138,7 +144,7 @@ def load_mixture(path: str | Path | None = None, overrides: list[str] = (), data
         _set_nested(settings, keys, _parse_value(text.strip()))
     files = settings.get("files", [])
     if not isinstance(files, list) or not all(isinstance(p, str) for p in files):
-        raise UserError(f"sft.files must be a list of paths like [\"chats.jsonl\"], not {files!r}")
+        raise UserError(f'sft.files must be a list of paths like ["chats.jsonl"], not {files!r}')
     settings["files"] = [*files, *map(str, data_files)]
     if persona_name is not None:
         settings["persona"] = {**settings.get("persona", {}), "name": persona_name}
@@ -196,8 +202,11 @@ class SourceCounts:
 
     def describe(self) -> str:
         parts = [f"{self.whole} whole"]
-        parts += [f"{n} {what}" for n, what in ((self.cut, "cut"), (self.dropped, "dropped"),
-                                                (self.capped, "over the cap")) if n]
+        parts += [
+            f"{n} {what}"
+            for n, what in ((self.cut, "cut"), (self.dropped, "dropped"), (self.capped, "over the cap"))
+            if n
+        ]
         return f"{self.name} {self.loaded} ({', '.join(parts)}; {self.train} train, {self.held_out} held out)"
 
 
@@ -221,8 +230,10 @@ class SFTData:
         """Two status lines: the totals, then what happened to each source."""
         tokens = sum(len(e.inputs) for e in self.train)
         trained = sum(e.trained for e in self.train)
-        first = (f"sft data: {len(self.train):,} training conversations ({tokens:,} tokens, "
-                 f"{trained / max(tokens, 1):.0%} of them trained on), {len(self.held_out)} held out for evaluation")
+        first = (
+            f"sft data: {len(self.train):,} training conversations ({tokens:,} tokens, "
+            f"{trained / max(tokens, 1):.0%} of them trained on), {len(self.held_out)} held out for evaluation"
+        )
         return [first, "  " + "; ".join(s.describe() for s in self.sources), *self.problems]
 
 
@@ -323,8 +334,19 @@ class SFTLoader:
     BUCKET_BATCHES = 16
     WIDTH_MULTIPLE = 32  # few distinct shapes, for torch.compile and for the kernels' tile sizes
 
-    def __init__(self, examples: list[Example], seq_len: int, batch_size: int, seed: int = 0, *, pad_id: int,
-                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1, fingerprint: str = ""):
+    def __init__(
+        self,
+        examples: list[Example],
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+        *,
+        pad_id: int,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
+        fingerprint: str = "",
+    ):
         if not examples:
             raise UserError("no training conversations to make batches from")
         if not 0 <= rank < world:
@@ -336,8 +358,10 @@ class SFTLoader:
         self.pad_id, self.device, self.rank, self.world = pad_id, torch.device(device), rank, world
         self.fingerprint = fingerprint
         self.batches = 0  # global batches consumed so far: the whole resumable state
-        self._epoch, self._order = -1, None
-        self._chunk, self._chunk_batches = -1, []
+        self._epoch = -1
+        self._order: np.ndarray | None = None
+        self._chunk = -1
+        self._chunk_batches: list[list[Example]] = []
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, width <= seq_len) int64 on the loader's device."""
@@ -366,18 +390,31 @@ class SFTLoader:
         if epoch != self._epoch:
             self._epoch = epoch
             self._order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.examples))
+        assert self._order is not None  # set for this epoch just above, or on an earlier call
         return self.examples[int(self._order[index])]
 
     def state_dict(self) -> dict:
-        return {"batches": self.batches, "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
-                "world": self.world, "conversations": len(self.examples), "fingerprint": self.fingerprint}
+        return {
+            "batches": self.batches,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "world": self.world,
+            "conversations": len(self.examples),
+            "fingerprint": self.fingerprint,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue after the batches `state` consumed: same data and seed, and the same global batch
         (batch_size * world), which any number of processes may share."""
         saved = {**state, "global_batch": state["batch_size"] * state["world"]}
-        now = {"seq_len": self.seq_len, "seed": self.seed, "conversations": len(self.examples),
-               "fingerprint": self.fingerprint, "global_batch": self.batch_size * self.world}
+        now = {
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "conversations": len(self.examples),
+            "fingerprint": self.fingerprint,
+            "global_batch": self.batch_size * self.world,
+        }
         for key, value in now.items():
             if saved[key] != value:
                 raise UserError(
@@ -389,22 +426,25 @@ class SFTLoader:
 
 def pad_batch(rows: list[Example], width: int, pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows padded at the end to `width`: inputs with pad_id (causal attention never looks ahead), targets ignored."""
-    inputs = np.full((len(rows), width), pad_id, dtype=np.int64)
-    targets = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    padded_inputs = np.full((len(rows), width), pad_id, dtype=np.int64)
+    padded_targets = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
     for i, row in enumerate(rows):
-        inputs[i, : len(row.inputs)] = row.inputs
-        targets[i, : len(row.targets)] = row.targets
-    inputs, targets = torch.from_numpy(inputs), torch.from_numpy(targets)
+        padded_inputs[i, : len(row.inputs)] = row.inputs
+        padded_targets[i, : len(row.targets)] = row.targets
+    inputs, targets = torch.from_numpy(padded_inputs), torch.from_numpy(padded_targets)
     if device.type == "cuda":
         return inputs.pin_memory().to(device, non_blocking=True), targets.pin_memory().to(device, non_blocking=True)
     return inputs, targets
 
 
-def eval_batches(examples: list[Example], batch_size: int, pad_id: int,
-                 device: torch.device | str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    examples: list[Example], batch_size: int, pad_id: int, device: torch.device | str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The held-out rows in batches of similar length, each padded only to its longest row (no training
     happens here, so the width may vary): the same batches at every evaluation."""
     ordered = sorted(examples, key=lambda e: len(e.inputs))
     device = torch.device(device)
-    return [pad_batch(chunk, max(len(e.inputs) for e in chunk), pad_id, device)
-            for chunk in (ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size))]
+    return [
+        pad_batch(chunk, max(len(e.inputs) for e in chunk), pad_id, device)
+        for chunk in (ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size))
+    ]

@@ -156,7 +156,7 @@ class StoryIndex:
 
     @classmethod
     @functools.lru_cache(maxsize=4)
-    def bundled(cls, max_words: int) -> "StoryIndex":
+    def bundled(cls, max_words: int) -> StoryIndex:
         """The short stories of the bundled TinyStories text (cached: building it takes a moment)."""
         path = Path(str(resources.files("ownllm.resources"))) / "corpus" / STORY_FILE
         return cls(split_stories(path.read_text(encoding="utf-8")), max_words)

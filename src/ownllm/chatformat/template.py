@@ -20,8 +20,8 @@ characters, never the control token, so nobody can forge a turn or a tool result
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
 from ownllm.chatformat.tools import ToolCall, format_tool_call, parse_tool_call

@@ -12,7 +12,7 @@ read, never an exception.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ownllm.chatformat.calculator import ERROR_PREFIX, calculate
 

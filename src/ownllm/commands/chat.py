@@ -42,22 +42,56 @@ Ctrl-C stops a reply; what it wrote so far stays in the conversation."""
 def configure(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)
     defaults = Settings()
-    parser.add_argument("-p", "--prompt", metavar="TEXT", help="answer this one message and exit (stdin is read when it is a pipe)")
-    parser.add_argument("--system", metavar="TEXT",
-                        help="system prompt (default: the persona the model was fine-tuned with; \"\" for none)")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, metavar="T",
-                        help="randomness: 0 always picks the most likely token (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k, metavar="K",
-                        help="sample among the K most likely tokens; 0 for all (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P",
-                        help="sample among the most likely tokens that add up to P; 1 for all (default: %(default)s)")
-    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty, metavar="R",
-                        help="above 1 makes repeating earlier tokens less likely (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, metavar="N",
-                        help="longest reply in tokens, tool calls included (default: %(default)s)")
+    parser.add_argument(
+        "-p", "--prompt", metavar="TEXT", help="answer this one message and exit (stdin is read when it is a pipe)"
+    )
+    parser.add_argument(
+        "--system",
+        metavar="TEXT",
+        help='system prompt (default: the persona the model was fine-tuned with; "" for none)',
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        metavar="T",
+        help="randomness: 0 always picks the most likely token (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=defaults.top_k,
+        metavar="K",
+        help="sample among the K most likely tokens; 0 for all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=defaults.top_p,
+        metavar="P",
+        help="sample among the most likely tokens that add up to P; 1 for all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=defaults.repetition_penalty,
+        metavar="R",
+        help="above 1 makes repeating earlier tokens less likely (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=defaults.max_tokens,
+        metavar="N",
+        help="longest reply in tokens, tool calls included (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="make the replies repeatable")
-    parser.add_argument("--stage", choices=("sft", "pretrain"), default=None,
-                        help="which checkpoints to chat with (default: sft if the run has them, else pretrain)")
+    parser.add_argument(
+        "--stage",
+        choices=("sft", "pretrain"),
+        default=None,
+        help="which checkpoints to chat with (default: sft if the run has them, else pretrain)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -67,15 +101,21 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     if prompt is not None and not prompt.strip():
-        raise UserError("the prompt is empty; pass -p \"a question\" or pipe one in")
+        raise UserError('the prompt is empty; pass -p "a question" or pipe one in')
     # The threads started while we get ready (by `import torch`, by loading the model) leave
     # Ctrl-C to the main thread, which needs it at the prompt and during replies.
     with sigint_blocked():
-        settings = Settings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens,
-                            seed=args.seed).checked()
-        session = ChatSession.open(args.run, stage=args.stage, system=args.system, settings=settings,
-                                   device=args.device)
+        settings = Settings(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+        ).checked()
+        session = ChatSession.open(
+            args.run, stage=args.stage, system=args.system, settings=settings, device=args.device
+        )
     say(session.note)
     try:
         if prompt is not None:
@@ -131,8 +171,9 @@ class Display:
             self.at_line_start = text.endswith("\n")
 
 
-def describe_tool_call(call: dict, result: str) -> str:
+def describe_tool_call(call: dict | None, result: str) -> str:
     """`calculator: 12 * 7 = 84`; for an error, `calculator: 1 / 0 -> error: division by zero`."""
+    call = call or {"name": None, "arguments": "?"}
     name = call["name"] or "tool call"
     joiner = " -> " if result.startswith("error") else " = "
     return f"{name}: {call['arguments']}{joiner}{result}"
@@ -225,8 +266,10 @@ class Repl:
                 say(f"saved to {session.save(Path(rest).expanduser())}")
             else:
                 session.load(Path(rest).expanduser())
-                say(f"loaded {rest}: {len(session.history)} messages; "
-                    + (f"system prompt: {session.system}" if session.system else "no system prompt"))
+                say(
+                    f"loaded {rest}: {len(session.history)} messages; "
+                    + (f"system prompt: {session.system}" if session.system else "no system prompt")
+                )
         else:
             raise UserError(f"unknown command {name}; /help lists the commands")
         return None

@@ -15,14 +15,25 @@ def add_run_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, presets: list[str], default: str, *, preset_help: str,
-                           set_help: str, resume_help: str, restart_help: str) -> None:
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    presets: list[str],
+    default: str,
+    *,
+    preset_help: str,
+    set_help: str,
+    resume_help: str,
+    restart_help: str,
+) -> None:
     """--run, --preset, --set, --time-budget and --resume/--restart: the options of every training stage."""
     add_run_argument(parser)
     parser.add_argument("--preset", choices=presets, default=default, help=f"{preset_help} (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    parser.add_argument("--time-budget", metavar="DURATION",
-                        help="plan the number of steps to finish in this wall-clock time, e.g. 10m, 90s, 1h")
+    parser.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="plan the number of steps to finish in this wall-clock time, e.g. 10m, 90s, 1h",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help=resume_help)
     group.add_argument("--restart", action="store_true", help=restart_help)

@@ -30,42 +30,79 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="files, directories (recursive) or quoted globs: .txt .md .html .jsonl .parquet, "
         "optionally .gz/.bz2/.zst (default: the bundled corpus, see docs/data.md)",
     )
-    _option(read, "--boundary", "file", "MODE", "how text and HTML files are cut into documents: file, "
-            "blank-line, line, delimiter:TEXT (e.g. 'delimiter:<|endoftext|>') or regex:PATTERN")
+    _option(
+        read,
+        "--boundary",
+        "file",
+        "MODE",
+        "how text and HTML files are cut into documents: file, "
+        "blank-line, line, delimiter:TEXT (e.g. 'delimiter:<|endoftext|>') or regex:PATTERN",
+    )
     _option(read, "--jsonl-field", _DEFAULTS.jsonl_field, "NAME", "JSONL field holding the text")
     _option(read, "--parquet-column", _DEFAULTS.parquet_column, "NAME", "Parquet column holding the text")
 
     filters = parser.add_argument_group("quality filters (a document failing one is removed and counted)")
     _option(filters, "--min-chars", _LIMITS.min_chars, "N", "shorter documents are removed")
     _option(filters, "--max-chars", _LIMITS.max_chars, "N", "longer documents are removed")
-    _option(filters, "--min-letter-fraction", _LIMITS.min_letter_fraction, "F",
-            "minimum share of letters among non-space characters")
-    _option(filters, "--max-non-text-fraction", _LIMITS.max_non_text_fraction, "F",
-            "maximum share of non-space characters in 'words' over 40 characters (base64, hashes, minified code)")
-    _option(filters, "--max-repeated-line-fraction", _LIMITS.max_repeated_line_fraction, "F",
-            "maximum share of characters in lines that repeat an earlier line of the document")
+    _option(
+        filters,
+        "--min-letter-fraction",
+        _LIMITS.min_letter_fraction,
+        "F",
+        "minimum share of letters among non-space characters",
+    )
+    _option(
+        filters,
+        "--max-non-text-fraction",
+        _LIMITS.max_non_text_fraction,
+        "F",
+        "maximum share of non-space characters in 'words' over 40 characters (base64, hashes, minified code)",
+    )
+    _option(
+        filters,
+        "--max-repeated-line-fraction",
+        _LIMITS.max_repeated_line_fraction,
+        "F",
+        "maximum share of characters in lines that repeat an earlier line of the document",
+    )
 
     dedup = parser.add_argument_group("deduplication")
-    dedup.add_argument("--dedup", choices=DEDUP_MODES, default=_DEFAULTS.dedup,
-                       help="near: exact and near duplicates; exact: identical text (ignoring case and "
-                       "whitespace) only; off: keep duplicates (default: %(default)s)")
-    _option(dedup, "--near-dup-threshold", _DEFAULTS.near_dup_threshold, "F",
-            "estimated Jaccard similarity of word shingles at which a document is a near duplicate")
+    dedup.add_argument(
+        "--dedup",
+        choices=DEDUP_MODES,
+        default=_DEFAULTS.dedup,
+        help="near: exact and near duplicates; exact: identical text (ignoring case and "
+        "whitespace) only; off: keep duplicates (default: %(default)s)",
+    )
+    _option(
+        dedup,
+        "--near-dup-threshold",
+        _DEFAULTS.near_dup_threshold,
+        "F",
+        "estimated Jaccard similarity of word shingles at which a document is a near duplicate",
+    )
     _option(dedup, "--minhash-perms", _DEFAULTS.minhash_perms, "N", "MinHash permutations")
     _option(dedup, "--shingle-words", _DEFAULTS.shingle_words, "N", "words per shingle")
 
     out = parser.add_argument_group("output")
-    _option(out, "--val-fraction", _DEFAULTS.val_fraction, "F",
-            "share of documents held out for validation, chosen by a hash of their text")
+    _option(
+        out,
+        "--val-fraction",
+        _DEFAULTS.val_fraction,
+        "F",
+        "share of documents held out for validation, chosen by a hash of their text",
+    )
     _option(out, "--shard-mb", _DEFAULTS.shard_mb, "MB", "maximum size of one shard file")
-    out.add_argument("--workers", type=int, default=0, metavar="N",
-                     help="worker processes (default: 0, every available core)")
+    out.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="worker processes (default: 0, every available core)"
+    )
 
 
 def _option(group, flag: str, default, metavar: str, help_text: str) -> None:
     """An option whose type is its default's, with the default shown in --help."""
-    group.add_argument(flag, type=type(default), default=default, metavar=metavar,
-                       help=f"{help_text} (default: %(default)s)")
+    group.add_argument(
+        flag, type=type(default), default=default, metavar=metavar, help=f"{help_text} (default: %(default)s)"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> CorpusSettings:

@@ -22,30 +22,36 @@ import argparse
 import json
 from pathlib import Path
 
-from ownllm.server.store import DB_NAME, Store
 from ownllm.chatformat.conversation import InvalidConversation, validate
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_write_text
 from ownllm.run import RunDir
+from ownllm.server.store import DB_NAME, Store
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    export = actions.add_parser("export", help="write rated replies as SFT conversations and preference pairs",
-                                description="Write rated replies as SFT conversations and preference pairs.")
+    export = actions.add_parser(
+        "export",
+        help="write rated replies as SFT conversations and preference pairs",
+        description="Write rated replies as SFT conversations and preference pairs.",
+    )
     add_run_argument(export)
-    export.add_argument("--out", type=Path, metavar="DIR",
-                        help="where to write sft.jsonl and preferences.jsonl (default: RUN/feedback)")
+    export.add_argument(
+        "--out", type=Path, metavar="DIR", help="where to write sft.jsonl and preferences.jsonl (default: RUN/feedback)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     run_dir = RunDir.open(args.run, create=False)
     db = run_dir.root / DB_NAME
     if not db.is_file():
-        raise UserError(f"{db} does not exist: nothing was rated yet; chat with `ownllm serve --run {args.run}` "
-                        "and rate replies with the thumbs")
+        raise UserError(
+            f"{db} does not exist: nothing was rated yet; chat with `ownllm serve --run {args.run}` "
+            "and rate replies with the thumbs"
+        )
     out = args.out or run_dir.root / "feedback"
     store = Store(db, recover=False)  # a server may be writing a reply right now: leave it streaming
     try:
@@ -55,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     sft, pairs, counts = build_datasets(rated)
     atomic_write_text(out / "sft.jsonl", "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in sft))
     atomic_write_text(out / "preferences.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
-    say(f"{counts['up']} thumbs up, {counts['down']} thumbs down"
+    say(
+        f"{counts['up']} thumbs up, {counts['down']} thumbs down"
         + (f"; skipped {counts['unfinished']} unfinished replies" if counts["unfinished"] else "")
-        + (f" and {counts['invalid']} malformed conversations" if counts["invalid"] else ""))
+        + (f" and {counts['invalid']} malformed conversations" if counts["invalid"] else "")
+    )
     say(f"wrote {len(sft)} conversations to {out / 'sft.jsonl'}")
     say(f"wrote {len(pairs)} preference pairs to {out / 'preferences.jsonl'}")
     return 0
@@ -82,9 +90,13 @@ def build_datasets(rated: list[dict]) -> tuple[list[list[dict]], list[dict], dic
         if item["rating"] == "up":
             sft.append(conversation)
         last_user = max(i for i, m in enumerate(conversation) if m["role"] == "user")
-        prompt, answer = conversation[: last_user + 1], conversation[last_user + 1:]
+        prompt, answer = conversation[: last_user + 1], conversation[last_user + 1 :]
         group = by_prompt.setdefault(json.dumps(prompt, sort_keys=True), {"prompt": prompt, "up": [], "down": []})
         group[item["rating"]].append(answer)
-    pairs = [{"prompt": g["prompt"], "chosen": chosen, "rejected": rejected}
-             for g in by_prompt.values() for chosen in g["up"] for rejected in g["down"]]
+    pairs = [
+        {"prompt": g["prompt"], "chosen": chosen, "rejected": rejected}
+        for g in by_prompt.values()
+        for chosen in g["up"]
+        for rejected in g["down"]
+    ]
     return sft, pairs, counts

@@ -1,21 +1,20 @@
 """`ownllm pretrain`: train the transformer on the run's token shards.
 
-    ownllm pretrain --run runs/demo                        # the cpu preset: about ten minutes
-    ownllm pretrain --run runs/demo --preset tiny --set lr=1e-3 --set model.n_layers=3
-    ownllm pretrain --run runs/demo --time-budget 20m      # plan the schedule for 20 minutes
-    ownllm pretrain --run runs/demo --resume               # continue exactly from the latest checkpoint
-    torchrun --nproc_per_node 8 -m ownllm -- pretrain --run runs/big --preset gpu-small   # 8 processes (DDP)
+ownllm pretrain --run runs/demo                        # the cpu preset: about ten minutes
+ownllm pretrain --run runs/demo --preset tiny --set lr=1e-3 --set model.n_layers=3
+ownllm pretrain --run runs/demo --time-budget 20m      # plan the schedule for 20 minutes
+ownllm pretrain --run runs/demo --resume               # continue exactly from the latest checkpoint
+torchrun --nproc_per_node 8 -m ownllm -- pretrain --run runs/big --preset gpu-small   # 8 processes (DDP)
 """
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ownllm.commands.common import add_training_arguments
 from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine, SamplingParams
+from ownllm.model import Transformer
 from ownllm.run import RunDir
 from ownllm.run.token_shards import open_tokens
 from ownllm.tokenizer import Tokenizer
@@ -25,11 +24,15 @@ from ownllm.train.runner import check_start, run_stage
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, list(PRESETS), default="cpu",
-                           preset_help="starting settings: tiny (seconds), cpu (about 10 minutes), gpu-small",
-                           set_help="override a setting, e.g. --set lr=3e-4 --set model.n_layers=6 (repeatable)",
-                           resume_help="continue from the latest checkpoint with its settings (--set may change some)",
-                           restart_help="delete this stage's checkpoints and start over")
+    add_training_arguments(
+        parser,
+        list(PRESETS),
+        default="cpu",
+        preset_help="starting settings: tiny (seconds), cpu (about 10 minutes), gpu-small",
+        set_help="override a setting, e.g. --set lr=3e-4 --set model.n_layers=6 (repeatable)",
+        resume_help="continue from the latest checkpoint with its settings (--set may change some)",
+        restart_help="delete this stage's checkpoints and start over",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,11 +62,13 @@ def make_sampler(run_dir: RunDir, config: TrainConfig):
     if not config.sample_every or not (run_dir.tokenizer / "tokenizer.json").is_file():
         return None  # open_tokens has refused shards made with another tokenizer than this one
     tokenizer = Tokenizer.load(run_dir.tokenizer)
-    prompts = [tokenizer.encode(p)[-(config.model.max_seq_len - 1):] or [tokenizer.eot_id] for p in config.prompts]
-    params = [SamplingParams(max_tokens=config.sample_tokens, temperature=0.8, top_k=50, seed=config.seed + i)
-              for i in range(len(prompts))]
+    prompts = [tokenizer.encode(p)[-(config.model.max_seq_len - 1) :] or [tokenizer.eot_id] for p in config.prompts]
+    params = [
+        SamplingParams(max_tokens=config.sample_tokens, temperature=0.8, top_k=50, seed=config.seed + i)
+        for i in range(len(prompts))
+    ]
 
-    def sample(model: torch.nn.Module) -> list[str]:
+    def sample(model: Transformer) -> list[str]:
         with Engine(model, tokenizer, max_slots=max(1, len(prompts))) as engine:
             completions = engine.generate_batch(prompts, params)
         return [prompt + c.text for prompt, c in zip(config.prompts, completions)]

@@ -18,15 +18,36 @@ from ownllm.core.errors import UserError
 def configure(parser: argparse.ArgumentParser) -> None:
     add_run_argument(parser)
     parser.add_argument("--prompt", default="Once upon a time", help="text to continue (default: %(default)r)")
-    parser.add_argument("--max-tokens", type=int, default=200, metavar="N", help="new tokens at most (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="randomness: 0 always picks the most likely token (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=50, metavar="K",
-                        help="sample among the K most likely tokens; 0 for all (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                        help="sample among the most likely tokens that make up probability P; 1 for all (default: %(default)s)")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
-                        help="above 1 makes tokens already in the text less likely (default: %(default)s)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=200, metavar="N", help="new tokens at most (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="randomness: 0 always picks the most likely token (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=50,
+        metavar="K",
+        help="sample among the K most likely tokens; 0 for all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="sample among the most likely tokens that make up probability P; 1 for all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="above 1 makes tokens already in the text less likely (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="make the output repeatable (sample n uses seed + n)")
     parser.add_argument("--samples", type=int, default=1, metavar="N", help="how many continuations (default: 1)")
     parser.add_argument("--stage", default="pretrain", help="whose checkpoints to use (default: %(default)s)")
@@ -39,15 +60,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise UserError("--samples must be at least 1")
-    settings = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
-                "top_p": args.top_p, "repetition_penalty": args.repetition_penalty}
+    settings = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+    }
     SamplingParams(**settings).validate()  # a bad flag is reported before the model is loaded
-    with Engine.load(args.run, stage=args.stage, device=args.device, checkpoint=args.checkpoint,
-                     max_slots=1) as engine:
+    with Engine.load(args.run, stage=args.stage, device=args.device, checkpoint=args.checkpoint, max_slots=1) as engine:
         tokenizer = engine.tokenizer
         prompt = tokenizer.encode(args.prompt) or [tokenizer.eot_id]  # an empty prompt starts a fresh document
         room = min(args.max_tokens, engine.context_size // 2)  # for the continuation, keeping most of a long prompt
-        prompt = prompt[-(engine.context_size - room):]  # the end of a prompt that leaves too little room
+        prompt = prompt[-(engine.context_size - room) :]  # the end of a prompt that leaves too little room
         for n in range(args.samples):
             if n:
                 print("\n" + "-" * 40)

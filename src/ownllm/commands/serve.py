@@ -29,24 +29,46 @@ from ownllm.server.settings import ServerSettings
 def configure(parser: argparse.ArgumentParser) -> None:
     defaults = ServerSettings()
     add_run_argument(parser)
-    parser.add_argument("--host", default=defaults.host,
-                        help="address to listen on (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=int, default=defaults.port,
-                        help="TCP port; 0 picks a free one (default: %(default)s)")
+    parser.add_argument(
+        "--host", default=defaults.host, help="address to listen on (default: %(default)s, this machine only)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=defaults.port, help="TCP port; 0 picks a free one (default: %(default)s)"
+    )
     key = parser.add_mutually_exclusive_group()
     key.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every route but /health")
-    key.add_argument("--api-key-file", type=Path, metavar="FILE",
-                     help="read the key from FILE (keeps it out of the process list)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow listening on a non-loopback address without an API key")
-    parser.add_argument("--cors-origin", action="append", default=[], metavar="URL",
-                        help="let web pages from this origin (e.g. http://localhost:3000) call the API; repeatable")
-    parser.add_argument("--truncate", action="store_true",
-                        help="drop the oldest turns of over-long conversations instead of answering 400")
-    parser.add_argument("--max-slots", type=int, default=defaults.max_slots, metavar="N",
-                        help="sequences generated together (default: %(default)s)")
-    parser.add_argument("--max-queue", type=int, default=defaults.max_queue, metavar="N",
-                        help="requests that may wait for a slot; more are answered 503 (default: %(default)s)")
+    key.add_argument(
+        "--api-key-file", type=Path, metavar="FILE", help="read the key from FILE (keeps it out of the process list)"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow listening on a non-loopback address without an API key"
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="let web pages from this origin (e.g. http://localhost:3000) call the API; repeatable",
+    )
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="drop the oldest turns of over-long conversations instead of answering 400",
+    )
+    parser.add_argument(
+        "--max-slots",
+        type=int,
+        default=defaults.max_slots,
+        metavar="N",
+        help="sequences generated together (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        metavar="N",
+        help="requests that may wait for a slot; more are answered 503 (default: %(default)s)",
+    )
     parser.add_argument("--stage", choices=("sft", "pretrain"), help="checkpoints to serve (default: sft if any)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--access-log", action="store_true", help="print a line per request")
@@ -56,9 +78,17 @@ def run(args: argparse.Namespace) -> int:
     from ownllm.run.models import resolve_model  # lazy: start-up (`ownllm serve --help` skips torch)
     from ownllm.server.app import create_app  # lazy: start-up (and FastAPI)
 
-    settings = ServerSettings(host=args.host, port=args.port, api_key=_api_key(args), insecure=args.insecure,
-                              cors_origins=tuple(args.cors_origin), truncate=args.truncate,
-                              max_slots=args.max_slots, max_queue=args.max_queue, device=args.device).check()
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        api_key=_api_key(args),
+        insecure=args.insecure,
+        cors_origins=tuple(args.cors_origin),
+        truncate=args.truncate,
+        max_slots=args.max_slots,
+        max_queue=args.max_queue,
+        device=args.device,
+    ).check()
     run_dir = RunDir.open(args.run, create=False)
     stage = resolve_model(run_dir, args.stage).stage  # a missing or stale model is refused before the port is taken
     sock = _bind(settings.host, settings.port)

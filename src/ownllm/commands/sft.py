@@ -6,8 +6,9 @@
     ownllm sft --run runs/demo --resume                     # continue exactly from the latest checkpoint
 
 It starts from the latest pretraining checkpoint (weights and model shape), trains with the
-same runner and Trainer as pretraining (train/finetuning.py) on the mixture of chatformat/sft_data.py, with the loss only on what
-the assistant says, and writes checkpoints/sft/ beside checkpoints/pretrain/. Every
+same runner and Trainer as pretraining (train/finetuning.py) on the mixture of
+chatformat/sft_data.py, with the loss only on what the assistant says, and writes checkpoints/sft/
+beside checkpoints/pretrain/. Every
 checkpoint carries the persona, which `ownllm chat` turns into its default system prompt.
 """
 
@@ -16,8 +17,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ownllm.assistant.reply import reply
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.sft_data import SFTMixture, load_mixture
@@ -25,7 +24,7 @@ from ownllm.chatformat.template import ChatTemplate
 from ownllm.commands.common import add_training_arguments
 from ownllm.core.errors import StaleArtifactError, UserError
 from ownllm.inference.engine import Engine, SamplingParams
-from ownllm.model import ModelConfig
+from ownllm.model import ModelConfig, Transformer
 from ownllm.run import RunDir, checkpoints
 from ownllm.run.token_shards import tokenizer_hash
 from ownllm.train.config import TrainConfig
@@ -36,18 +35,31 @@ MAX_TOOL_CALLS = 2  # per sampled reply: a model that keeps calling the calculat
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, list(SFT_PRESETS), default="cpu",
-                           preset_help="starting settings: tiny (seconds), cpu (1,500 steps: about 10 minutes on 2 "
-                                       "quiet cores), gpu-small",
-                           set_help="override a training setting (--set lr=3e-4) or the data mixture "
-                                    "(--set sft.generated=3000, --set sft.bundled.chatterbot=0); repeatable",
-                           resume_help="continue from the latest fine-tuning checkpoint with its settings and data",
-                           restart_help="delete the fine-tuning checkpoints and start over")
-    parser.add_argument("--data", action="append", default=[], metavar="FILE",
-                        help="your own conversations (JSONL messages, Alpaca, dolly, OpenAssistant or ChatterBot "
-                             "YAML), trained on in full besides the mixture; repeatable")
-    parser.add_argument("--mixture", type=Path, metavar="FILE",
-                        help="a TOML file with the data mixture (docs/chat.md); --set sft.* changes it further")
+    add_training_arguments(
+        parser,
+        list(SFT_PRESETS),
+        default="cpu",
+        preset_help="starting settings: tiny (seconds), cpu (1,500 steps: about 10 minutes on 2 "
+        "quiet cores), gpu-small",
+        set_help="override a training setting (--set lr=3e-4) or the data mixture "
+        "(--set sft.generated=3000, --set sft.bundled.chatterbot=0); repeatable",
+        resume_help="continue from the latest fine-tuning checkpoint with its settings and data",
+        restart_help="delete the fine-tuning checkpoints and start over",
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="your own conversations (JSONL messages, Alpaca, dolly, OpenAssistant or ChatterBot "
+        "YAML), trained on in full besides the mixture; repeatable",
+    )
+    parser.add_argument(
+        "--mixture",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file with the data mixture (docs/chat.md); --set sft.* changes it further",
+    )
     parser.add_argument("--persona-name", metavar="NAME", help="the assistant's name (default: Pip)")
 
 
@@ -58,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         start = check_start(run_dir, Finetuning.name, args.resume, args.restart, args.time_budget)
         if data_overrides or args.data or args.mixture or args.persona_name:
-            raise UserError("a resumed run keeps its data and persona; drop --data, --mixture, --persona-name and "
-                            "--set sft.*, or start over with --restart")
+            raise UserError(
+                "a resumed run keeps its data and persona; drop --data, --mixture, --persona-name and "
+                "--set sft.*, or start over with --restart"
+            )
         state = start.saved
+        assert state is not None  # check_start read it
         saved = start.saved_config
         config = sft_overrides(saved, train_overrides, saved.model, saved.grad_accum)
         mixture = SFTMixture.from_dict(state["sft_mixture"])
@@ -69,12 +84,15 @@ def run(args: argparse.Namespace) -> int:
         mixture = load_mixture(args.mixture, data_overrides, args.data, args.persona_name)
         base = checkpoints.latest_checkpoint(run_dir.checkpoints / "pretrain")
         if base is None:
-            raise UserError(f"no pretrained model in {run_dir.checkpoints / 'pretrain'}; "
-                            f"run `ownllm pretrain --run {run_dir.root}` first")
+            raise UserError(
+                f"no pretrained model in {run_dir.checkpoints / 'pretrain'}; "
+                f"run `ownllm pretrain --run {run_dir.root}` first"
+            )
         state = checkpoints.read_state(base)
         base_id = state.get("id")
-        config = sft_config(args.preset, ModelConfig.from_dict(state["model_config"]), train_overrides,
-                            args.time_budget)
+        config = sft_config(
+            args.preset, ModelConfig.from_dict(state["model_config"]), train_overrides, args.time_budget
+        )
         start = check_start(run_dir, Finetuning.name, args.resume, args.restart, args.time_budget)
     if state.get("tokenizer_hash") != tokenizer_hash(run_dir.tokenizer):
         raise StaleArtifactError(
@@ -92,12 +110,14 @@ def make_sampler(template: ChatTemplate, config: TrainConfig, persona: Persona):
         return None
     params = SamplingParams(max_tokens=config.sample_tokens, temperature=0.0)
 
-    def sample(model: torch.nn.Module) -> list[str]:
+    def sample(model: Transformer) -> list[str]:
         texts = []
         with Engine(model, template.tokenizer, max_slots=1, stop_ids=template.stop_ids) as engine:
             for question in config.prompts:
-                conversation = [{"role": "system", "content": persona.system_prompt()},
-                                {"role": "user", "content": question}]
+                conversation = [
+                    {"role": "system", "content": persona.system_prompt()},
+                    {"role": "user", "content": question},
+                ]
                 shown = ""
                 for event in reply(engine, template, conversation, params, max_tool_calls=MAX_TOOL_CALLS):
                     if event.kind == "text":

@@ -1,6 +1,6 @@
 """`ownllm tokenize`: encode the corpus's train and validation splits into token shards.
 
-    ownllm tokenize --run runs/demo        # reads corpus/ and tokenizer/, writes tokens/
+ownllm tokenize --run runs/demo        # reads corpus/ and tokenizer/, writes tokens/
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import time
 
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import say
+from ownllm.core.errors import UserError
 from ownllm.core.parallel import available_cores
 from ownllm.data.tokenize import tokenize_corpus
-from ownllm.core.errors import UserError
 from ownllm.run import RunDir
 
 

@@ -1,7 +1,7 @@
 """`ownllm tokenizer`: train the tokenizer on the corpus's training split, or report its compression.
 
-    ownllm tokenizer --run runs/demo --vocab-size 8192     # writes runs/demo/tokenizer/
-    ownllm tokenizer --run runs/demo --stats               # bytes per token on the validation split
+ownllm tokenizer --run runs/demo --vocab-size 8192     # writes runs/demo/tokenizer/
+ownllm tokenizer --run runs/demo --stats               # bytes per token on the validation split
 """
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import progress, say
-from ownllm.run.corpus_shards import iter_documents, read_manifest
-from ownllm.core.parallel import available_cores
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_directory
+from ownllm.core.parallel import available_cores
 from ownllm.run import RunDir
+from ownllm.run.corpus_shards import iter_documents, read_manifest
 from ownllm.tokenizer.patterns import DEFAULT_PATTERN, PRESETS, resolve_pattern
 from ownllm.tokenizer.reference import ReferenceEncoder
 from ownllm.tokenizer.special_tokens import SPECIAL_TOKENS

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -32,9 +32,20 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, FLOP/s. Checked in order.
 GPU_BF16_PEAK = [
-    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("B200", 2250e12),
-    ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12),
-    ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
 ]
 
 
@@ -68,8 +79,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def choose_precision(device: torch.device, requested: str = "auto",
-                     agree: Callable[[str], str] = lambda name: name) -> Precision:
+def choose_precision(
+    device: torch.device, requested: str = "auto", agree: Callable[[str], str] = lambda name: name
+) -> Precision:
     """The training precision for `device`; "auto" detects it, any other value is the user's choice.
 
     `agree` turns this process's automatic choice into the one every process uses (several

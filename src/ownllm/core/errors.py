@@ -20,6 +20,4 @@ def check_format(meta: dict, kind: str, version: int, path, rebuild_hint: str) -
     if got_kind != kind:
         raise UserError(f"{path} is not an {kind} artifact (format={got_kind!r}); {rebuild_hint}")
     if got_version != version:
-        raise UserError(
-            f"{path} has format version {got_version}, this ownllm reads version {version}; {rebuild_hint}"
-        )
+        raise UserError(f"{path} has format version {got_version}, this ownllm reads version {version}; {rebuild_hint}")

@@ -11,8 +11,8 @@ engine's scheduler) keep SIGINT blocked for good, and the main thread gets every
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 @contextmanager

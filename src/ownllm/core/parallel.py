@@ -12,16 +12,22 @@ import multiprocessing
 import os
 import signal
 from collections import deque
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, TypeVar
 
 Item = TypeVar("Item")
 Meta = TypeVar("Meta")
 Arg = TypeVar("Arg")
 Result = TypeVar("Result")
 
+_len: Callable[[Any], int] = len  # size_bounded_batches' default size: for sized items only
+
 
 def size_bounded_batches(
-    items: Iterable[Item], max_size: int, max_items: int | None = None, size: Callable[[Item], int] = len
+    items: Iterable[Item],
+    max_size: int,
+    max_items: int | None = None,
+    size: Callable[[Item], int] = _len,
 ) -> Iterator[list[Item]]:
     """Group a stream into lists of at most `max_items` items whose sizes add up to about `max_size`.
 
@@ -55,7 +61,7 @@ def ordered_map(
     initializer: Callable[..., None],
     initargs: tuple = (),
     window: int | None = None,
-) -> Iterator[tuple[Meta, Result]]:
+) -> Generator[tuple[Meta, Result], None, None]:
     """Yield (meta, function(arg)) for each (meta, arg) job, in order; `meta` stays in this process."""
     if workers <= 1:
         initializer(*initargs)

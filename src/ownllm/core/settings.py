@@ -7,7 +7,7 @@ names that would have been understood.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from ownllm.core.errors import UserError
 
@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 def dataclass_from_dict(cls: type[T], values: dict, what: str) -> T:
     """`cls(**values)`, refusing keys that are not fields of `cls` (`what` names them in the message)."""
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cast(Any, cls))}  # every caller passes a dataclass
     unknown = set(values) - known
     if unknown:
         raise UserError(f"unknown {what} settings {sorted(unknown)}; known: {sorted(known)}")

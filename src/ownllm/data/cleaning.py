@@ -163,10 +163,36 @@ class _TextExtractor(HTMLParser):
     SKIP = frozenset({"script", "style", "noscript", "template", "svg"})
     # Elements that start a new paragraph, and ones that only start a new line.
     PARAGRAPH = frozenset(
-        "p div section article header footer main aside nav blockquote pre table ul ol dl "
-        "h1 h2 h3 h4 h5 h6 figure form fieldset hr title".split()
+        [
+            "p",
+            "div",
+            "section",
+            "article",
+            "header",
+            "footer",
+            "main",
+            "aside",
+            "nav",
+            "blockquote",
+            "pre",
+            "table",
+            "ul",
+            "ol",
+            "dl",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "figure",
+            "form",
+            "fieldset",
+            "hr",
+            "title",
+        ]
     )
-    LINE = frozenset("br li tr dt dd caption".split())
+    LINE = frozenset(["br", "li", "tr", "dt", "dd", "caption"])
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -60,10 +60,15 @@ class Deduplicator:
         self.kept = 0
         self.clusters = 0  # kept documents that had at least one duplicate removed
         self._directory = Path(tempfile.mkdtemp(prefix=".dedup-", dir=directory))
-        self._db = sqlite3.connect(self._directory / "index.sqlite", isolation_level=None)
+        self._db: sqlite3.Connection | None = sqlite3.connect(self._directory / "index.sqlite", isolation_level=None)
         # A scratch index: nothing to recover after a crash, so no journal and no fsync.
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
-                       f"cache_size=-{CACHE_MIB * 1024}", "temp_store=FILE"):
+        for pragma in (
+            "journal_mode=OFF",
+            "synchronous=OFF",
+            "locking_mode=EXCLUSIVE",
+            f"cache_size=-{CACHE_MIB * 1024}",
+            "temp_store=FILE",
+        ):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.execute("CREATE TABLE exact (key BLOB PRIMARY KEY, doc INTEGER) WITHOUT ROWID")
         self._db.execute("CREATE TABLE clustered (doc INTEGER PRIMARY KEY)")
@@ -73,7 +78,9 @@ class Deduplicator:
             self._bands = (lsh.b, lsh.r)
             # A bucket is (band number << 32) | CRC-32 of the band's values: 8 bytes instead of r*4.
             # A CRC collision can only add a candidate, and candidates are confirmed below.
-            self._db.execute("CREATE TABLE bands (bucket INTEGER, doc INTEGER, PRIMARY KEY (bucket, doc)) WITHOUT ROWID")
+            self._db.execute(
+                "CREATE TABLE bands (bucket INTEGER, doc INTEGER, PRIMARY KEY (bucket, doc)) WITHOUT ROWID"
+            )
             self._query = f"SELECT DISTINCT doc FROM bands WHERE bucket IN ({', '.join('?' * lsh.b)})"
             self._signatures = RowFile(self._directory / "signatures.u32", num_perm, np.uint32)
         self._db.execute("BEGIN")  # one transaction: no commit per document
@@ -85,20 +92,22 @@ class Deduplicator:
 
     def check(self, key: bytes, signature: np.ndarray | None) -> Match | None:
         """Return the match if this document duplicates a kept one; otherwise keep it and return None."""
-        row = self._db.execute("SELECT doc FROM exact WHERE key = ?", (key,)).fetchone()
+        db = self._open_db()
+        row = db.execute("SELECT doc FROM exact WHERE key = ?", (key,)).fetchone()
         if row is not None:
             return self._duplicate(Match("exact_duplicate", row[0], 1.0))
         buckets = None
         if self._bands is not None:
+            assert signature is not None  # with near-duplicate detection every document comes with one
             buckets = self._buckets(signature)
             match = self._best_near_match(signature, buckets)
             if match is not None:
                 return self._duplicate(match)
         doc_id = self.kept
         self.kept += 1
-        self._db.execute("INSERT INTO exact VALUES (?, ?)", (key, doc_id))
+        db.execute("INSERT INTO exact VALUES (?, ?)", (key, doc_id))
         if buckets is not None:
-            self._db.executemany("INSERT OR IGNORE INTO bands VALUES (?, ?)", ((b, doc_id) for b in buckets))
+            db.executemany("INSERT OR IGNORE INTO bands VALUES (?, ?)", ((b, doc_id) for b in buckets))
             self._signatures.append(signature)
         return None
 
@@ -111,28 +120,35 @@ class Deduplicator:
                 self._signatures.close()
             shutil.rmtree(self._directory, ignore_errors=True)
 
-    def __enter__(self) -> "Deduplicator":
+    def _open_db(self) -> sqlite3.Connection:
+        assert self._db is not None, "the deduplicator is closed"
+        return self._db
+
+    def __enter__(self) -> Deduplicator:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def _buckets(self, signature: np.ndarray) -> list[int]:
+        assert self._bands is not None  # called only with near-duplicate detection on
         b, r = self._bands
         values = np.ascontiguousarray(signature, dtype=np.uint32)
-        return [(band << 32) | zlib.crc32(values[band * r:(band + 1) * r].tobytes()) for band in range(b)]
+        return [(band << 32) | zlib.crc32(values[band * r : (band + 1) * r].tobytes()) for band in range(b)]
 
     def _best_near_match(self, signature: np.ndarray, buckets: list[int]) -> Match | None:
+        threshold = self.near_threshold
+        assert threshold is not None  # called only with near-duplicate detection on
         best = None
-        for (candidate,) in sorted(self._db.execute(self._query, buckets)):
+        for (candidate,) in sorted(self._open_db().execute(self._query, buckets)):
             # The MinHash estimate of Jaccard similarity, as MinHash.jaccard computes it.
             similarity = float(np.count_nonzero(self._signatures[candidate] == signature)) / self.num_perm
-            if similarity >= self.near_threshold and (best is None or similarity > best.similarity):
+            if similarity >= threshold and (best is None or similarity > best.similarity):
                 best = Match("near_duplicate", candidate, similarity)
         return best
 
     def _duplicate(self, match: Match) -> Match:
-        if self._db.execute("INSERT OR IGNORE INTO clustered VALUES (?)", (match.kept_id,)).rowcount:
+        if self._open_db().execute("INSERT OR IGNORE INTO clustered VALUES (?)", (match.kept_id,)).rowcount:
             self.clusters += 1
         return match
 
@@ -151,7 +167,7 @@ class RowFile:
         self.width = width
         self.dtype = np.dtype(dtype)
         self.row_bytes = width * self.dtype.itemsize
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._written = 0  # rows in the file
         self._batch: list[bytes] = []  # rows after those
 
@@ -164,6 +180,7 @@ class RowFile:
             raise ValueError(f"a row has {self.width} values, not {len(data) // self.dtype.itemsize}")
         self._batch.append(data)
         if len(self._batch) == self.BATCH_ROWS:
+            assert self._fd is not None, "the row file is closed"
             os.pwrite(self._fd, b"".join(self._batch), self._written * self.row_bytes)
             self._written += len(self._batch)
             self._batch.clear()
@@ -175,6 +192,7 @@ class RowFile:
         if index >= self._written:
             data = self._batch[index - self._written]
         else:
+            assert self._fd is not None, "the row file is closed"
             data = os.pread(self._fd, self.row_bytes, index * self.row_bytes)
         return np.frombuffer(data, dtype=self.dtype)
 

@@ -22,19 +22,20 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
 from ownllm import __version__
 from ownllm.core.console import progress, say
-from ownllm.run import corpus_shards
-from ownllm.run.corpus_shards import CorpusWriter
+from ownllm.core.errors import UserError
+from ownllm.core.fsutil import atomic_directory, atomic_write_json, sha256_file
+from ownllm.core.parallel import available_cores, ordered_map, size_bounded_batches
 from ownllm.data.dedup import Deduplicator, Match, RowFile, minhash_permutations
 from ownllm.data.fingerprints import key_fraction
-from ownllm.core.parallel import available_cores, ordered_map, size_bounded_batches
 from ownllm.data.processing import (
     Kept,
     ProcessingSettings,
@@ -45,9 +46,8 @@ from ownllm.data.processing import (
 )
 from ownllm.data.quality import QualityThresholds
 from ownllm.data.sources import InputSpec, RawDocument, SourceReader, display_name, resolve_inputs
-from ownllm.core.errors import UserError
-from ownllm.core.fsutil import atomic_directory, atomic_write_json, sha256_file
-from ownllm.run import RunDir
+from ownllm.run import RunDir, corpus_shards
+from ownllm.run.corpus_shards import CorpusWriter
 
 CHUNK_DOCUMENTS = 256
 CHUNK_BYTES = 256 << 10
@@ -135,7 +135,7 @@ class CorpusReport:
         if example is None and len(self.cluster_examples) < DUPLICATE_CLUSTER_EXAMPLES:
             example = self.cluster_examples[match.kept_id] = {"kept": kept_where, "removed": []}
         if example is not None and len(example["removed"]) < DUPLICATES_PER_EXAMPLE:
-            removed = {"document": self.where(source, ordinal), "reason": match.reason}
+            removed: dict[str, Any] = {"document": self.where(source, ordinal), "reason": match.reason}
             removed.update(similarity=round(match.similarity, 3), preview=start)
             example["removed"].append(removed)
 
@@ -186,8 +186,14 @@ def build_corpus(settings: CorpusSettings, run: RunDir) -> dict:
 
     run.record_config("data", settings.to_dict())
     counts = manifest["counts"]
-    run.log_metrics({"stage": "data", "documents_in": counts["documents_in"],
-                     "documents_out": counts["documents_out"], "seconds": round(seconds, 3)})
+    run.log_metrics(
+        {
+            "stage": "data",
+            "documents_in": counts["documents_in"],
+            "documents_out": counts["documents_out"],
+            "seconds": round(seconds, 3),
+        }
+    )
     return manifest
 
 
@@ -238,7 +244,7 @@ class _Assembler:
         self.writer.add(split, outcome.text)
 
 
-def _chunks(documents: Iterator[RawDocument]) -> Iterator[tuple[list, list]]:
+def _chunks(documents: Iterable[RawDocument]) -> Iterator[tuple[list, list]]:
     """Group documents into jobs of bounded size; locations stay here, payloads go to a worker."""
     for batch in size_bounded_batches(documents, CHUNK_BYTES, CHUNK_DOCUMENTS, size=_payload_size):
         yield ([(d.source, d.ordinal, _payload_size(d)) for d in batch], [(d.kind, d.payload) for d in batch])
@@ -316,7 +322,7 @@ def _manifest(settings, sources, reader, report, summary, dedup, seconds) -> dic
                 "skipped": reader.skipped.get(index),
             }
         )
-    duplicates = {
+    duplicates: dict[str, Any] = {
         "exact": {"removed": report.duplicates["exact_duplicate"]},
         "near": {"removed": report.duplicates["near_duplicate"]},
         "clusters": dedup.clusters if dedup is not None else 0,

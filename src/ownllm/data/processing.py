@@ -55,9 +55,10 @@ class DocumentProcessor:
             return Removed("too_long", "", 0)
         text, invalid = decode_utf8(payload)
         if kind == "jsonl":
-            text = self._record_text(text)
-            if text is None:
+            record_text = self._record_text(text)
+            if record_text is None:
                 return Removed("invalid_record", preview(payload.decode("utf-8", "replace")), invalid)
+            text = record_text
         elif kind == "html":
             text = html_to_text(text)
         repaired = repair_mojibake(text)
@@ -98,4 +99,5 @@ def init_worker(settings: ProcessingSettings) -> None:
 
 
 def process_chunk_in_worker(chunk: list[tuple[str, bytes | None]]) -> list[Kept | Removed]:
+    assert _worker_processor is not None  # the pool's initializer, init_worker, set it
     return _worker_processor.process_chunk(chunk)

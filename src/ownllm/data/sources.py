@@ -26,10 +26,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -84,7 +85,7 @@ class Boundary:
     separator: re.Pattern[bytes] | None  # None: one document per file
 
     @classmethod
-    def parse(cls, spec: str) -> "Boundary":
+    def parse(cls, spec: str) -> Boundary:
         if spec == "file":
             return cls(spec, None)
         if spec == "blank-line":
@@ -99,9 +100,7 @@ class Boundary:
                 return cls(spec, re.compile(value.encode("utf-8")))
             except re.error as e:
                 raise UserError(f"--boundary {spec!r}: invalid regular expression ({e})") from None
-        raise UserError(
-            f"--boundary {spec!r} is not one of: file, blank-line, line, delimiter:TEXT, regex:PATTERN"
-        )
+        raise UserError(f"--boundary {spec!r} is not one of: file, blank-line, line, delimiter:TEXT, regex:PATTERN")
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def _expand(pattern: str) -> list[Path]:
 
 
 def _walk(directory: Path) -> list[Path]:
-    files = []
+    files: list[Path] = []
     for root, dirs, names in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
@@ -242,11 +241,13 @@ class SourceReader:
     @contextlib.contextmanager
     def _open(self, source: SourceFile) -> Iterator[BinaryIO]:
         with contextlib.ExitStack() as stack:
-            raw = stack.enter_context(_CountingReader(open(source.path, "rb"), self._count))
+            # The counting reader, GzipFile and BZ2File are binary files, though typeshed does not call them BinaryIO.
+            raw = cast(BinaryIO, stack.enter_context(_CountingReader(open(source.path, "rb"), self._count)))
+            stream: BinaryIO
             if source.compression == "gzip":
-                stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+                stream = cast(BinaryIO, stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb")))
             elif source.compression == "bz2":
-                stream = stack.enter_context(bz2.BZ2File(raw, "rb"))
+                stream = cast(BinaryIO, stack.enter_context(bz2.BZ2File(raw, "rb")))
             elif source.compression == "zstd":
                 reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
                 stream = stack.enter_context(reader)
@@ -265,6 +266,7 @@ class SourceReader:
 
         done_before = self.disk_bytes_read
         with contextlib.ExitStack() as stack:
+            target: BinaryIO | Path
             if source.compression:
                 # Parquet needs random access: decompress to a temporary file first (disk, not memory).
                 target = stack.enter_context(tempfile.TemporaryFile())
@@ -308,12 +310,12 @@ def split_documents(
     """
     if separator is None:
         parts, size = [], 0
-        for chunk in chunks:
-            size += len(chunk)
+        for part in chunks:
+            size += len(part)
             if size > max_bytes:
                 yield None
                 return
-            parts.append(chunk)
+            parts.append(part)
         whole = b"".join(parts)
         if whole.strip():
             yield whole
@@ -371,7 +373,7 @@ def _chain_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 class _CountingReader(io.RawIOBase):
     """A read-only file wrapper that reports how many bytes were read (for progress on compressed files)."""
 
-    def __init__(self, raw: BinaryIO, on_read):
+    def __init__(self, raw: io.BufferedIOBase, on_read: Callable[[int], None]):
         self._raw = raw
         self._on_read = on_read
 

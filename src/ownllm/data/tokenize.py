@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ownllm.core.console import progress
-from ownllm.run.corpus_shards import SPLITS, iter_documents, read_manifest
-from ownllm.core.parallel import size_bounded_batches
-from ownllm.run.token_shards import FORMAT, VERSION, TokenShardWriter, dtype_for_vocab, tokenizer_hash
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_directory, atomic_write_json
+from ownllm.core.parallel import size_bounded_batches
+from ownllm.run.corpus_shards import SPLITS, iter_documents, read_manifest
+from ownllm.run.token_shards import FORMAT, VERSION, TokenShardWriter, dtype_for_vocab, tokenizer_hash
 from ownllm.tokenizer import Tokenizer
 
 BATCH_DOCUMENTS = 1024  # documents encoded together, on several threads
@@ -44,9 +44,10 @@ def tokenize_corpus(
 
     splits = {}
     started = time.perf_counter()
-    with atomic_directory(tokens_dir) as tmp, progress(
-        total=total_bytes, unit="B", unit_scale=True, desc="tokenizing"
-    ) as bar:
+    with (
+        atomic_directory(tokens_dir) as tmp,
+        progress(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing") as bar,
+    ):
         n_tokens = 0
         for split in SPLITS:
             writer = TokenShardWriter(tmp, split, tokenizer.vocab_size, shard_tokens=shard_tokens)
@@ -78,4 +79,3 @@ def tokenize_corpus(
         }
         atomic_write_json(Path(tmp) / "meta.json", meta)
     return meta
-

@@ -36,7 +36,7 @@ class Detokenizer:
             self.stopped, self._held = True, ""
             return text[:cut]
         keep = max((_overlap(text, s) for s in self._stop), default=0)
-        self._held = text[len(text) - keep:]
+        self._held = text[len(text) - keep :]
         return text[: len(text) - keep]
 
     def flush(self) -> str:

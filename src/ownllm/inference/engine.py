@@ -38,7 +38,6 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +45,11 @@ import torch
 
 from ownllm.core.device import resolve_device
 from ownllm.core.errors import UserError
+from ownllm.core.interrupts import sigint_blocked
 from ownllm.inference.detokenize import Detokenizer
 from ownllm.inference.graphed_decode import StaticDecoder
 from ownllm.inference.sampling import RowSampler, pick_tokens
-from ownllm.core.interrupts import sigint_blocked
+from ownllm.model import Transformer
 from ownllm.model.kv_cache import KVCache
 from ownllm.run import RunDir
 from ownllm.run.models import ResolvedModel, resolve_model
@@ -85,10 +85,17 @@ class SamplingParams:
             ("temperature", _number(self.temperature) and self.temperature >= 0, "a number of at least 0"),
             ("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer of at least 0 (0: off)"),
             ("top_p", _number(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1] (1: off)"),
-            ("repetition_penalty", _number(self.repetition_penalty) and self.repetition_penalty > 0,
-             "a number above 0 (1: off)"),
-            ("seed", self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
-                                           and 0 <= self.seed < 2**63), "an integer in [0, 2**63) or none"),
+            (
+                "repetition_penalty",
+                _number(self.repetition_penalty) and self.repetition_penalty > 0,
+                "a number above 0 (1: off)",
+            ),
+            (
+                "seed",
+                self.seed is None
+                or (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63),
+                "an integer in [0, 2**63) or none",
+            ),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -145,14 +152,26 @@ class _Request:
     cancelled: bool = False  # set by the consumer; the scheduler frees the slot before its next step
     done: bool = False  # the last event (or a failure) has been put on `events`
     slot: int = -1
-    length: int = 0  # tokens held in the slot's cache
     generated: int = 0
     last: int = 0  # the newest token: the input of the next decode step
 
+    @property
+    def cached(self) -> int:
+        """Tokens held in the slot's cache: the prompt and every generated token but the newest."""
+        return len(self.prompt) + self.generated - 1
+
 
 class Engine:
-    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, *, max_slots: int = 8, max_queue: int = 64,
-                 stop_ids: frozenset[int] | None = None, decode: str = "auto"):
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        *,
+        max_slots: int = 8,
+        max_queue: int = 64,
+        stop_ids: frozenset[int] | None = None,
+        decode: str = "auto",
+    ):
         """model in eval mode on its device; stop_ids: default stop tokens (None: {tokenizer.eot_id}).
 
         decode: "graphs" (CUDA graphs), "plain" (one PyTorch call per step), "static" (the graphs'
@@ -161,8 +180,10 @@ class Engine:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r}; expected one of {DECODE_MODES}")
         if model.config.vocab_size < tokenizer.vocab_size:
-            raise UserError(f"the model has {model.config.vocab_size} output tokens but the tokenizer "
-                            f"{tokenizer.vocab_size}; use the tokenizer the model was trained with")
+            raise UserError(
+                f"the model has {model.config.vocab_size} output tokens but the tokenizer "
+                f"{tokenizer.vocab_size}; use the tokenizer the model was trained with"
+            )
         if max_slots < 1 or max_queue < 0:
             raise ValueError("an engine needs at least one slot and a non-negative queue length")
         self.model, self.tokenizer = model, tokenizer
@@ -177,18 +198,27 @@ class Engine:
         self._static: StaticDecoder | None = None  # the scheduler's, with the cache, for decode != "plain"
         self._vocab = tokenizer.vocab_size  # logits past the tokenizer's vocabulary (padding) are never sampled
         self._cache: KVCache | None = None  # allocated by the scheduler thread on first use
+        # Shared by the callers and the scheduler, always under the lock:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._waiting: list[_Request] = []
-        self._active: list[_Request] = []  # in slot order (slots 0..B-1 let the cache use slices)
-        self._free_slots = list(range(max_slots))
         self._thread: threading.Thread | None = None
         self._closed = False
         self._broken: BaseException | None = None  # what stopped the scheduler thread, if it died
+        # The scheduler thread's alone (and close()'s, once that thread has stopped), never locked:
+        self._active: list[_Request] = []  # in slot order (slots 0..B-1 let the cache use slices)
+        # Published by the scheduler for the other threads: one int, replaced whole.
+        self._active_count = 0
 
     @classmethod
-    def load(cls, run: str | Path, stage: str | None = None, device: str = "auto", checkpoint: str | Path | None = None,
-             **kwargs) -> Engine:
+    def load(
+        cls,
+        run: str | Path,
+        stage: str | None = None,
+        device: str = "auto",
+        checkpoint: str | Path | None = None,
+        **kwargs,
+    ) -> Engine:
         """The model run/models.py resolves (stage None: the chat model if any, else the base model;
         checkpoint: a step directory instead of the latest), with the run's tokenizer.
 
@@ -212,7 +242,7 @@ class Engine:
         """The most tokens a prompt plus its completion can have (the model's max_seq_len)."""
         return self.model.config.max_seq_len
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams = SamplingParams()) -> Iterator[Event]:
+    def stream(self, prompt_ids: list[int], params: SamplingParams = SamplingParams()) -> _Stream:
         """Events as tokens are decoded; the last one has finish_reason. Closing the iterator cancels.
 
         The request is queued at once: a bad prompt or setting (UserError) and EngineBusy are
@@ -224,8 +254,9 @@ class Engine:
     def generate(self, prompt_ids: list[int], params: SamplingParams = SamplingParams()) -> Completion:
         return self.generate_batch([prompt_ids], [params])[0]
 
-    def generate_batch(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] = SamplingParams()
-                       ) -> list[Completion]:
+    def generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] = SamplingParams()
+    ) -> list[Completion]:
         """Several prompts decoded together; greedy outputs equal generating each alone.
 
         They are queued together whatever max_queue says (one caller, not a flood), and run
@@ -247,9 +278,11 @@ class Engine:
         return completions
 
     def stats(self) -> dict:
-        """{"active": running sequences, "waiting": queued requests, "slots": max_slots}: for /metrics."""
-        with self._lock:
-            return {"active": len(self._active), "waiting": len(self._waiting), "slots": self.max_slots}
+        """{"active": running sequences, "waiting": queued requests, "slots": max_slots}: for /metrics.
+
+        A snapshot without the lock: each number is whole, the two may be a step apart.
+        """
+        return {"active": self._active_count, "waiting": len(self._waiting), "slots": self.max_slots}
 
     def close(self) -> None:
         """Stop the scheduler thread (pending requests finish with "cancelled")."""
@@ -264,6 +297,7 @@ class Engine:
                 self._finish(request, Event("", [], "cancelled"))
             self._waiting.clear()
             self._active.clear()
+            self._active_count = 0
 
     def __enter__(self) -> Engine:
         return self
@@ -281,9 +315,12 @@ class Engine:
             if self._broken is not None:
                 raise EngineError(f"the engine has stopped: {type(self._broken).__name__}: {self._broken}")
             # Requests wait a moment for the scheduler to admit them even when slots are free.
-            if bounded and len(self._waiting) + len(requests) > self.max_queue + len(self._free_slots):
-                raise EngineBusy(f"the engine is busy ({self.max_slots} generating, {len(self._waiting)} waiting); "
-                                 f"try again in a moment")
+            free_slots = self.max_slots - self._active_count
+            if bounded and len(self._waiting) + len(requests) > self.max_queue + free_slots:
+                raise EngineBusy(
+                    f"the engine is busy ({self.max_slots} generating, {len(self._waiting)} waiting); "
+                    f"try again in a moment"
+                )
             self._waiting.extend(requests)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ownllm-engine", daemon=True)
@@ -296,16 +333,28 @@ class Engine:
         if not prompt:
             raise UserError("the prompt is empty; generation needs at least one token (e.g. <|endoftext|>)")
         if len(prompt) > self.context_size - 1:
-            raise UserError(f"the prompt has {len(prompt)} tokens but the context holds {self.context_size} "
-                            f"(at most {self.context_size - 1} for the prompt); shorten it")
+            raise UserError(
+                f"the prompt has {len(prompt)} tokens but the context holds {self.context_size} "
+                f"(at most {self.context_size - 1} for the prompt); shorten it"
+            )
         if not all(isinstance(t, int) for t in prompt) or min(prompt) < 0 or max(prompt) >= self._vocab:
             raise UserError(f"prompt token ids must be integers in [0, {self._vocab})")
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)
-        sampler = RowSampler(params.temperature, params.top_k, params.top_p, params.repetition_penalty, generator,
-                             self._vocab, self.device, prompt)
-        return _Request(prompt, params, self.stop_ids | params.stop_ids, sampler, Detokenizer(self.tokenizer, params.stop))
+        sampler = RowSampler(
+            params.temperature,
+            params.top_k,
+            params.top_p,
+            params.repetition_penalty,
+            generator,
+            self._vocab,
+            self.device,
+            prompt,
+        )
+        return _Request(
+            prompt, params, self.stop_ids | params.stop_ids, sampler, Detokenizer(self.tokenizer, params.stop)
+        )
 
     def _cancel(self, request: _Request) -> None:
         request.cancelled = True
@@ -344,16 +393,24 @@ class Engine:
                 self._waiting.clear()
 
     def _admit(self) -> list[_Request] | None:
-        """Waiting requests moved into free slots; blocks while there is nothing to do; None: closed."""
+        """Waiting requests moved into free slots; blocks while there is nothing to do; None: closed.
+
+        A waiting request whose stream was dropped (marked cancelled without the lock) ends here.
+        """
         with self._lock:
             while not self._waiting and not self._active and not self._closed:
                 self._wake.wait()
             if self._closed:
                 return None
+            for request in [r for r in self._waiting if r.cancelled]:
+                self._waiting.remove(request)
+                self._finish(request, Event("", [], "cancelled"))
+            used = {r.slot for r in self._active}
+            free = [slot for slot in range(self.max_slots) if slot not in used]
             new = []
-            while self._waiting and self._free_slots:
+            while self._waiting and free:
                 request = self._waiting.pop(0)
-                request.slot = self._free_slots.pop(0)
+                request.slot = free.pop(0)
                 new.append(request)
             return new
 
@@ -361,11 +418,12 @@ class Engine:
         """Run the prompt alone into its slot, choose the first token."""
         self._active.append(request)
         self._active.sort(key=lambda r: r.slot)
+        self._active_count = len(self._active)
         try:
             n = len(request.prompt)
             ids = torch.tensor([request.prompt], device=self.device)
+            assert self._cache is not None
             logits = self.model(ids, cache=self._cache.view([request.slot], [0], n), last_only=True)[:, 0]
-            request.length = n
             token = pick_tokens(logits[:, : self._vocab], [request.sampler])[0]
             self._advance(request, token)
         except Exception as e:  # this request fails; the others go on
@@ -376,14 +434,14 @@ class Engine:
         rows = list(self._active)
         try:
             if self._static is not None:
-                logits = self._static([r.slot for r in rows], [r.length for r in rows], [r.last for r in rows])
+                logits = self._static([r.slot for r in rows], [r.cached for r in rows], [r.last for r in rows])
             else:
                 ids = torch.tensor([r.last for r in rows], device=self.device).view(-1, 1)
-                view = self._cache.view([r.slot for r in rows], [r.length for r in rows], 1)
+                assert self._cache is not None
+                view = self._cache.view([r.slot for r in rows], [r.cached for r in rows], 1)
                 logits = self.model(ids, cache=view, last_only=True)[:, 0, : self._vocab]
             tokens = pick_tokens(logits, [r.sampler for r in rows])
             for request, token in zip(rows, tokens):
-                request.length += 1
                 self._advance(request, token)
         except Exception as e:
             self._fail([r for r in rows if not r.done], e)
@@ -399,8 +457,8 @@ class Engine:
         text = request.detokenizer.add(token)
         if request.detokenizer.stopped:
             finish = "stop"
-        elif request.generated >= request.params.max_tokens or request.length + 1 >= self.context_size:
-            finish = "length"  # length + 1: the cached tokens and the new one fill the context
+        elif request.generated >= request.params.max_tokens or request.cached + 1 >= self.context_size:
+            finish = "length"  # cached + 1: the cached tokens and the new one fill the context
             text += request.detokenizer.flush()
         else:
             request.events.put(Event(text, [token]))
@@ -414,10 +472,9 @@ class Engine:
         request.events.put(last)
         if request in self._active:
             self._active.remove(request)
-            self._free_slots.append(request.slot)
-            self._free_slots.sort()
+            self._active_count = len(self._active)
 
-    def _fail(self, requests: list[_Request], error: Exception) -> None:
+    def _fail(self, requests: list[_Request], error: BaseException) -> None:
         for request in requests:
             self._finish(request, _Failure(error))
 
@@ -453,7 +510,11 @@ class _Stream:
             self._engine._cancel(self._request)
 
     def __del__(self) -> None:
-        self.close()
+        # No lock here: the collector may run this on a thread that holds the engine's lock. The
+        # scheduler ends a marked request at its next step (active) or admission (waiting).
+        if not self._finished:
+            self._finished = True
+            self._request.cancelled = True
 
 
 def _collect(stream: _Stream, prompt_tokens: int, start: float) -> Completion:
@@ -467,6 +528,7 @@ def _collect(stream: _Stream, prompt_tokens: int, start: float) -> Completion:
             if event.stop_token is not None:
                 ids.pop()
             now = time.perf_counter()
-            return Completion(prompt_tokens, ids, "".join(texts), event.finish_reason, event.stop_token,
-                              first - start, now - start)
+            return Completion(
+                prompt_tokens, ids, "".join(texts), event.finish_reason, event.stop_token, first - start, now - start
+            )
     raise AssertionError("a stream ends with a finish_reason")

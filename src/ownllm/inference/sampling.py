@@ -61,14 +61,23 @@ def _per_row(setting, rows: int) -> list:
 class RowSampler:
     """The next-token rule of one request: its settings, random generator and seen tokens."""
 
-    def __init__(self, temperature: float, top_k: int, top_p: float, repetition_penalty: float,
-                 generator: torch.Generator, vocab_size: int, device: torch.device, prompt: list[int]):
+    def __init__(
+        self,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        repetition_penalty: float,
+        generator: torch.Generator,
+        vocab_size: int,
+        device: torch.device,
+        prompt: list[int],
+    ):
         self.temperature = temperature if temperature >= GREEDY_BELOW else 0.0
         self.top_k, self.top_p = top_k, top_p
         self.penalty = repetition_penalty
         self.generator = generator
         self.greedy = self.temperature == 0 and repetition_penalty == 1.0  # argmax of the raw logits
-        self.seen = None
+        self.seen: torch.Tensor | None = None
         if repetition_penalty != 1.0:
             self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
             self.seen[torch.tensor(prompt, device=device)] = True
@@ -92,13 +101,17 @@ def pick_tokens(logits: torch.Tensor, samplers: list[RowSampler]) -> list[int]:
     if penalized:
         logits = logits.clone()
         for i in penalized:
-            logits[i] = penalize_repetitions(logits[i], samplers[i].seen, samplers[i].penalty)
+            seen = samplers[i].seen
+            assert seen is not None
+            logits[i] = penalize_repetitions(logits[i], seen, samplers[i].penalty)
     sampled = [i for i, s in enumerate(samplers) if s.temperature > 0]
     if not sampled:
         return logits.argmax(-1).tolist()
     chosen = [samplers[i] for i in sampled]
     rows = logits if len(sampled) == len(samplers) else logits[sampled]
-    filtered = filter_logits(rows, [s.temperature for s in chosen], [s.top_k for s in chosen], [s.top_p for s in chosen])
+    filtered = filter_logits(
+        rows, [s.temperature for s in chosen], [s.top_k for s in chosen], [s.top_p for s in chosen]
+    )
     draws = draw(torch.softmax(filtered, dim=-1), [s.generator for s in chosen])
     if len(sampled) == len(samplers):
         return draws.tolist()

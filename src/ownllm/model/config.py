@@ -37,7 +37,7 @@ class ModelConfig:
             return self.ffn_hidden
         return _round_up(8 * self.d_model // 3, 64)
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Refuse, in one line each, the shapes that cannot work."""
         for name in ("vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len"):
             if getattr(self, name) < 1:
@@ -68,7 +68,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         return dataclass_from_dict(cls, d, "model").validate()
 
 

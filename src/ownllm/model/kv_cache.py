@@ -20,8 +20,14 @@ from ownllm.model.config import ModelConfig
 
 
 class KVCache:
-    def __init__(self, config: ModelConfig, slots: int, max_len: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: ModelConfig,
+        slots: int,
+        max_len: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         self.max_len = max_len or config.max_seq_len
         if self.max_len > config.max_seq_len:
             raise ValueError(f"a cache of {self.max_len} positions exceeds max_seq_len={config.max_seq_len}")
@@ -30,7 +36,7 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.slots = slots
 
-    def view(self, slots: list[int], starts: list[int], length: int) -> "CacheView":
+    def view(self, slots: list[int], starts: list[int], length: int) -> CacheView:
         """Where a forward pass of `length` new tokens per row reads and writes.
 
         Row b of the input is slot slots[b]; its first new token is at position starts[b]

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # targets with this id add nothing to the loss (padding, prompt tokens in fine-tuning)
 
 
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 0) -> torch.Tensor:
+def linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 0
+) -> torch.Tensor:
     """Mean cross-entropy of logits x @ weight.T against targets, ignoring IGNORE_INDEX.
 
     x: (N, d) final hidden states, weight: (vocab, d), targets: (N,). chunk_rows <= 0 picks
@@ -61,6 +63,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 torch.log_softmax(logits, dim=-1, out=logp)
                 total -= (logp.gather(1, tc) * share).sum()
                 if need_grad:
+                    assert grad_x is not None and grad_w is not None  # made above when need_grad
                     # d(loss)/d(logits) = share * (softmax - one_hot(target)). The per-row share is
                     # applied to the small (rows, d) operands, not to the (rows, vocab) matrix.
                     grad = logp.exp_().scatter_add_(1, tc, torch.full_like(share, -1.0))
@@ -72,6 +75,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                         grad_x[rows] = (grad @ w) * share
                         grad_w += (grad.t() @ (xc * share.to(dtype))).float()
         if need_grad:
+            assert grad_x is not None and grad_w is not None  # made above when need_grad
             ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return total
 

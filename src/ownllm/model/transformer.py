@@ -40,6 +40,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    rotation: torch.Tensor  # a buffer (register_buffer below); declared for the type checker
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config.validate()
@@ -66,8 +68,13 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: CacheView | None = None,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: CacheView | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """Logits (B, T, vocab) for idx (B, T); with targets (B, T), the mean cross-entropy loss instead.
 
         With a KV cache view (generation) idx holds the new tokens of each row, at the view's
@@ -76,7 +83,7 @@ class Transformer(nn.Module):
         """
         T = idx.shape[1]
         if cache is None:
-            if T > self.config.max_seq_len:
+            if self.config.max_seq_len < T:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.config.max_seq_len}")
             rotation = self.rotation[:T]
         else:

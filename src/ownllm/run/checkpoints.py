@@ -26,6 +26,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,8 +41,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from ownllm.core.errors import UserError
-from ownllm.model import ModelConfig, Transformer
 from ownllm.core.fsutil import atomic_directory, atomic_write_text, read_json
+from ownllm.model import ModelConfig, Transformer
 
 FORMAT = "ownllm.checkpoint"
 VERSION = 1
@@ -133,7 +134,7 @@ def read_state(path: Path) -> dict:
 def load_weights(path: Path, model: torch.nn.Module) -> None:
     file = Path(path) / "model.safetensors"
     try:
-        weights = load_file(file)
+        weights: dict[str, Any] = load_file(file)  # Any: set_model_state_dict wants its own value type
     except (OSError, ValueError, RuntimeError) as e:
         raise UserError(f"cannot read {file} ({e}); the checkpoint is damaged, use an earlier one") from None
     expected = set(model.state_dict())
@@ -147,7 +148,9 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
 
 
 def load_training_state(
-    path: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None,
+    path: Path,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
     model: torch.nn.Module | None = None,
 ) -> None:
     """Restore the optimizer, the gradient scaler and every random generator from a step directory.
@@ -162,8 +165,7 @@ def load_training_state(
         optimizer.load_state_dict(saved["optimizer"])
     else:
         state = saved["optimizer"] if by_name else _keyed_by_name(saved["optimizer"], optimizer, model)
-        set_optimizer_state_dict(model, optimizer, state,
-                                 options=StateDictOptions(full_state_dict=is_sharded(model)))
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=is_sharded(model)))
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])
     set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
@@ -184,7 +186,8 @@ def _keyed_by_name(saved: dict, optimizer: torch.optim.Optimizer, model: torch.n
 def rng_state() -> dict:
     """The random generators of this process. Every training process draws the same numbers (same seed,
     same operations), so rank 0's state is every rank's; of CUDA's, the current device's."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # The legacy tuple (numpy's default); the stubs' overloads pick the dict form.
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return {
         "torch": torch.get_rng_state(),
         "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
@@ -215,7 +218,7 @@ def _prune(stage_dir: Path, keep: int, current: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_model(path: Path, device: torch.device | str = "cpu"):
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Transformer, dict]:
     """The Transformer saved in step directory `path`, in eval mode, and the checkpoint's state."""
     path = Path(path)
     if not (path / "state.json").is_file():

@@ -12,14 +12,14 @@ is derived from the shard hashes, so the tokenize stage can tell when its input 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from ownllm.core.errors import UserError
+from ownllm.core.errors import UserError, check_format
 from ownllm.core.fsutil import read_json, sha256_file
-from ownllm.core.errors import check_format
 
 FORMAT = "ownllm.corpus"
 VERSION = 1
@@ -34,7 +34,7 @@ class CorpusWriter:
         self.out_dir = Path(out_dir)
         self.shard_bytes = shard_bytes
         self._files: dict[str, list[str]] = {s: [] for s in SPLITS}
-        self._handles: dict[str, object] = {}
+        self._handles: dict[str, io.BufferedWriter] = {}
         self._shard_size: dict[str, int] = {s: 0 for s in SPLITS}
         self.documents = {s: 0 for s in SPLITS}
         self.bytes = {s: 0 for s in SPLITS}
@@ -49,7 +49,7 @@ class CorpusWriter:
         self.documents[split] += 1
         self.bytes[split] += len(text.encode("utf-8"))
 
-    def _next_shard(self, split: str):
+    def _next_shard(self, split: str) -> io.BufferedWriter:
         if split in self._handles:
             self._handles[split].close()
         name = f"{split}-{len(self._files[split]):05d}.jsonl"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ownllm.core.errors import StaleArtifactError, UserError
+from ownllm.model import Transformer
 from ownllm.run.checkpoints import latest_checkpoint, load_model, read_state
 from ownllm.run.rundir import RunDir
 from ownllm.run.token_shards import tokenizer_hash
@@ -40,12 +41,16 @@ class ResolvedModel:
         persona = self.state.get("persona")
         return persona if isinstance(persona, dict) else None
 
-    def load(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+    def load(self, device: torch.device | str = "cpu") -> Transformer:
         return load_model(self.path, device)[0]
 
 
-def resolve_model(run: str | Path | RunDir, stage: str | None = None, checkpoint: str | Path | None = None,
-                  check_tokenizer: bool = True) -> ResolvedModel:
+def resolve_model(
+    run: str | Path | RunDir,
+    stage: str | None = None,
+    checkpoint: str | Path | None = None,
+    check_tokenizer: bool = True,
+) -> ResolvedModel:
     """The checkpoint to load; UserError (one line, with what to run) when there is none or it does not fit."""
     run_dir = run if isinstance(run, RunDir) else RunDir.open(run, create=False)
     if checkpoint is not None:
@@ -68,8 +73,10 @@ def _latest(run_dir: RunDir, stage: str | None) -> tuple[str, Path]:
         if path is not None:
             return candidate, path
     wanted = stage or "pretrain"
-    raise UserError(f"no {wanted} checkpoint: there is no checkpoint in {run_dir.checkpoints / wanted}; "
-                    f"train one with `ownllm {wanted} --run {run_dir.root}`")
+    raise UserError(
+        f"no {wanted} checkpoint: there is no checkpoint in {run_dir.checkpoints / wanted}; "
+        f"train one with `ownllm {wanted} --run {run_dir.root}`"
+    )
 
 
 def _check_base(run_dir: RunDir, sft_path: Path) -> None:
@@ -91,11 +98,14 @@ def _check_base(run_dir: RunDir, sft_path: Path) -> None:
     raise StaleArtifactError(
         f"the chat model {sft_path.relative_to(run_dir.root)} was fine-tuned from {base_name}, but the run's "
         f"pretraining {now}; fine-tune the new base with `ownllm sft --run {run_dir.root} --restart` "
-        f"(or use --stage pretrain)")
+        f"(or use --stage pretrain)"
+    )
 
 
 def _check_tokenizer(run_dir: RunDir, resolved: ResolvedModel) -> None:
     expected = resolved.state.get("tokenizer_hash")
     if expected and tokenizer_hash(run_dir.tokenizer) != expected:
-        raise StaleArtifactError(f"{resolved.path} was trained with another tokenizer than {run_dir.tokenizer}; "
-                                 f"retrain, or use the matching run")
+        raise StaleArtifactError(
+            f"{resolved.path} was trained with another tokenizer than {run_dir.tokenizer}; "
+            f"retrain, or use the matching run"
+        )

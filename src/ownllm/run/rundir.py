@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,18 +25,13 @@ import tomli_w
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_write_text
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
-
 
 @dataclass(frozen=True)
 class RunDir:
     root: Path
 
     @classmethod
-    def open(cls, path: str | Path, create: bool = True) -> "RunDir":
+    def open(cls, path: str | Path, create: bool = True) -> RunDir:
         root = Path(path)
         if root.exists() and not root.is_dir():
             raise UserError(f"--run {root} exists and is not a directory")

@@ -14,15 +14,15 @@ refuses shards whose inputs have changed since, naming the command to rerun.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ownllm.core.errors import StaleArtifactError, UserError
+from ownllm.core.errors import StaleArtifactError, UserError, check_format
 from ownllm.core.fsutil import read_json, sha256_file
-from ownllm.core.errors import check_format
 from ownllm.run.corpus_shards import read_manifest
 
 FORMAT = "ownllm.tokens"
@@ -51,7 +51,7 @@ class TokenShardWriter:
         self.dtype = dtype_for_vocab(vocab_size)
         self.shard_tokens = shard_tokens
         self.files: list[dict] = []
-        self._f = None
+        self._f: io.BufferedWriter | None = None
         self._in_shard = 0
         self.tokens = self.documents = self.bytes = 0
 
@@ -62,6 +62,7 @@ class TokenShardWriter:
         while start < len(ids):
             if self._f is None or self._in_shard >= self.shard_tokens:
                 self._next_shard()
+            assert self._f is not None  # _next_shard opened one
             take = min(len(ids) - start, self.shard_tokens - self._in_shard)
             ids[start : start + take].tofile(self._f)
             self._in_shard += take
@@ -122,7 +123,7 @@ class TokenShards:
         if info is None:
             raise UserError(f"token shards in {self.root} have no {name!r} split; {REBUILD}")
         dtype = np.dtype(self.meta["dtype"])
-        shards = []
+        shards: list[np.ndarray] = []
         for f in info["files"]:
             path = self.root / f["name"]
             expected = int(f["tokens"]) * dtype.itemsize

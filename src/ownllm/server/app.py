@@ -27,7 +27,6 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from ownllm import __version__
-from ownllm.server.store import Store
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.errors import UserError
@@ -36,6 +35,7 @@ from ownllm.server import conversations, openai_api
 from ownllm.server.metrics import Metrics, MetricsMiddleware
 from ownllm.server.security import install_security, require_owner
 from ownllm.server.settings import ServerSettings
+from ownllm.server.store import Store
 from ownllm.server.streaming import GenerationGate
 
 log = logging.getLogger("ownllm.server")
@@ -65,8 +65,9 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
             app.state.store.close()
 
     # The interactive docs pages load scripts from a CDN: left out. The schema is served below, behind the key.
-    app = FastAPI(title="ownllm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="ownllm", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.settings = settings
     app.state.engine = None
     app.state.template = None
@@ -113,8 +114,13 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
 def _load(app: FastAPI, run_dir: Path, settings: ServerSettings) -> None:
     """Background thread: load the engine, then serve it; on failure keep the one-line reason for /health."""
     try:
-        engine = Engine.load(run_dir, stage=settings.stage, device=settings.device, max_slots=settings.max_slots,
-                             max_queue=settings.max_queue)
+        engine = Engine.load(
+            run_dir,
+            stage=settings.stage,
+            device=settings.device,
+            max_slots=settings.max_slots,
+            max_queue=settings.max_queue,
+        )
         _serve(app, engine)
     except UserError as e:  # a damaged checkpoint, a mismatched tokenizer: `ownllm serve` prints the line and exits
         app.state.load_error = str(e)

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator, Iterator, Literal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -52,10 +53,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ownllm.assistant.reply import ContextOverflow, ReplyEvent, reply
-from ownllm.server.store import ConversationBusy, NothingToReplace, Store, Turn
 from ownllm.inference.engine import SamplingParams
 from ownllm.server.openai_api import error_body, served
 from ownllm.server.security import APIError, require_owner
+from ownllm.server.store import ConversationBusy, NothingToReplace, Store, Turn
 from ownllm.server.streaming import EventStream, Lease
 
 FLUSH_SECONDS = 0.5  # how often a streaming reply's text is saved: at most this much is lost to a crash
@@ -121,8 +122,11 @@ def _check_text(request: Request, text: str | None, field: str) -> None:
 def _check_settings(request: Request, settings: ChatSettings | None) -> None:
     limit = request.app.state.settings.max_tokens_limit
     if settings is not None and settings.max_tokens is not None and settings.max_tokens > limit:
-        raise APIError(400, f"settings.max_tokens is {settings.max_tokens}; at most {limit} is allowed",
-                       param="settings.max_tokens")
+        raise APIError(
+            400,
+            f"settings.max_tokens is {settings.max_tokens}; at most {limit} is allowed",
+            param="settings.max_tokens",
+        )
 
 
 def _default_system_prompt(request: Request) -> str:
@@ -168,13 +172,15 @@ def get_conversation(conversation_id: str, request: Request, owner: str = Depend
 
 
 @router.patch("/conversations/{conversation_id}")
-def change_conversation(conversation_id: str, body: ConversationChange, request: Request,
-                        owner: str = Depends(require_owner)) -> dict:
+def change_conversation(
+    conversation_id: str, body: ConversationChange, request: Request, owner: str = Depends(require_owner)
+) -> dict:
     _check_text(request, body.system_prompt, "system_prompt")
     _check_settings(request, body.settings)
     settings = body.settings.model_dump(exclude_none=True) if body.settings else None
-    changed = _store(request).update_conversation(owner, conversation_id, title=body.title,
-                                                  system_prompt=body.system_prompt, settings=settings)
+    changed = _store(request).update_conversation(
+        owner, conversation_id, title=body.title, system_prompt=body.system_prompt, settings=settings
+    )
     if changed is None:
         raise not_found()
     return changed
@@ -192,8 +198,9 @@ def export_conversation(conversation_id: str, request: Request, owner: str = Dep
     exported = _store(request).export_conversation(owner, conversation_id)
     if exported is None:
         raise not_found()
-    return JSONResponse(exported, headers={
-        "Content-Disposition": f'attachment; filename="conversation-{conversation_id}.json"'})
+    return JSONResponse(
+        exported, headers={"Content-Disposition": f'attachment; filename="conversation-{conversation_id}.json"'}
+    )
 
 
 @router.post("/messages/{message_id}/feedback")
@@ -205,20 +212,23 @@ def rate_message(message_id: str, body: Feedback, request: Request, owner: str =
 
 
 @router.post("/conversations/{conversation_id}/messages")
-async def send_message(conversation_id: str, body: UserMessage, request: Request,
-                       owner: str = Depends(require_owner)) -> EventStream:
+async def send_message(
+    conversation_id: str, body: UserMessage, request: Request, owner: str = Depends(require_owner)
+) -> EventStream:
     return await _reply(request, owner, conversation_id, "send", body)
 
 
 @router.post("/conversations/{conversation_id}/regenerate")
-async def regenerate(conversation_id: str, body: Regenerate, request: Request,
-                     owner: str = Depends(require_owner)) -> EventStream:
+async def regenerate(
+    conversation_id: str, body: Regenerate, request: Request, owner: str = Depends(require_owner)
+) -> EventStream:
     return await _reply(request, owner, conversation_id, "regenerate", body)
 
 
 @router.post("/conversations/{conversation_id}/edit")
-async def edit_last_message(conversation_id: str, body: UserMessage, request: Request,
-                            owner: str = Depends(require_owner)) -> EventStream:
+async def edit_last_message(
+    conversation_id: str, body: UserMessage, request: Request, owner: str = Depends(require_owner)
+) -> EventStream:
     return await _reply(request, owner, conversation_id, "edit", body)
 
 
@@ -231,19 +241,27 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
     _check_text(request, content, "content")
     _check_text(request, body.system_prompt, "system_prompt")
     if body.max_tokens is not None and body.max_tokens > state.settings.max_tokens_limit:
-        raise APIError(400, f"max_tokens is {body.max_tokens}; at most {state.settings.max_tokens_limit} is allowed",
-                       param="max_tokens")
+        raise APIError(
+            400,
+            f"max_tokens is {body.max_tokens}; at most {state.settings.max_tokens_limit} is allowed",
+            param="max_tokens",
+        )
     store: Store = state.store
     conversation = await run_in_threadpool(store.get_conversation, owner, conversation_id, False)
     if conversation is None:
         raise not_found()
     settings = {**conversation["settings"], **body.model_dump(include={"temperature", "max_tokens"}, exclude_none=True)}
     if settings != conversation["settings"] or body.system_prompt not in (None, conversation["system_prompt"]):
-        await run_in_threadpool(lambda: store.update_conversation(
-            owner, conversation_id, system_prompt=body.system_prompt, settings=settings))
+        await run_in_threadpool(
+            lambda: store.update_conversation(
+                owner, conversation_id, system_prompt=body.system_prompt, settings=settings
+            )
+        )
     system = conversation["system_prompt"] if body.system_prompt is None else body.system_prompt
-    params = SamplingParams(max_tokens=settings.get("max_tokens") or state.settings.default_max_tokens,
-                            temperature=settings.get("temperature", DEFAULT_TEMPERATURE))
+    params = SamplingParams(
+        max_tokens=settings.get("max_tokens") or state.settings.default_max_tokens,
+        temperature=settings.get("temperature", DEFAULT_TEMPERATURE),
+    )
     started = time.perf_counter()
     lease = state.gate.admit()  # 503 at once when the server is full
     events: Iterator[ReplyEvent] = iter(())
@@ -277,8 +295,15 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(state: Any, lease: Lease, turn: Turn, events: Iterator[ReplyEvent], event: ReplyEvent | None,
-                  start: dict, first_token: float) -> AsyncIterator[str]:
+async def _stream(
+    state: Any,
+    lease: Lease,
+    turn: Turn,
+    events: Iterator[ReplyEvent],
+    event: ReplyEvent | None,
+    start: dict,
+    first_token: float,
+) -> AsyncIterator[str]:
     """The reply as server-sent events, saved as it goes. Closing this stops the generation."""
     store: Store = state.store
     text, finished = "", False
@@ -306,14 +331,18 @@ async def _stream(state: Any, lease: Lease, turn: Turn, events: Iterator[ReplyEv
                 text = event.messages[-1]["content"]
                 await lease.run(store.finish_message, turn.reply_id, text, "complete")
                 finished = True
-                state.metrics.observe_generation(event.prompt_tokens, event.completion_tokens, event.finish_reason,
-                                                 first_token)
-                yield sse("done", {
-                    "finish_reason": event.finish_reason,
-                    "messages": await lease.run(store.get_messages, list(turn.added)),
-                    "dropped": event.dropped,
-                    "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens},
-                })
+                state.metrics.observe_generation(
+                    event.prompt_tokens, event.completion_tokens, event.finish_reason, first_token
+                )
+                yield sse(
+                    "done",
+                    {
+                        "finish_reason": event.finish_reason,
+                        "messages": await lease.run(store.get_messages, list(turn.added)),
+                        "dropped": event.dropped,
+                        "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens},
+                    },
+                )
             event = await lease.next(events, None)
     except Exception as e:  # the stream has started: the error is its last event
         yield sse("error", {"error": error_body(e)})

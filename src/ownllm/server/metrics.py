@@ -41,7 +41,7 @@ class Histogram:
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.latency: dict[str, Histogram] = defaultdict(Histogram)
@@ -55,8 +55,9 @@ class Metrics:
             self.requests[(route, method, status)] += 1
             self.latency[route].observe(seconds)
 
-    def observe_generation(self, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                           seconds_to_first_token: float | None) -> None:
+    def observe_generation(
+        self, prompt_tokens: int, completion_tokens: int, finish_reason: str, seconds_to_first_token: float | None
+    ) -> None:
         with self._lock:
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
@@ -75,8 +76,11 @@ class Metrics:
             for (route, method, status), n in sorted(self.requests.items()):
                 labels = f'route="{_escape(route)}",method="{method}",status="{status}"'
                 lines.append(f"ownllm_http_requests_total{{{labels}}} {n}")
-            family("ownllm_http_request_duration_seconds", "histogram",
-                   "Time from request to the end of the response (the whole stream for streaming replies).")
+            family(
+                "ownllm_http_request_duration_seconds",
+                "histogram",
+                "Time from request to the end of the response (the whole stream for streaming replies).",
+            )
             for route, histogram in sorted(self.latency.items()):
                 lines += histogram.lines("ownllm_http_request_duration_seconds", f'route="{_escape(route)}"')
             family("ownllm_prompt_tokens_total", "counter", "Prompt tokens of finished generations.")
@@ -91,9 +95,11 @@ class Metrics:
         family("ownllm_model_loaded", "gauge", "1 once the model is loaded and requests are served.")
         lines.append(f"ownllm_model_loaded {int(engine_stats is not None)}")
         if engine_stats is not None:
-            for key, name, help_text in (("waiting", "ownllm_engine_queue_depth", "Requests waiting for a slot."),
-                                         ("active", "ownllm_engine_active_sequences", "Sequences being decoded."),
-                                         ("slots", "ownllm_engine_slots", "Sequences decoded together at most.")):
+            for key, name, help_text in (
+                ("waiting", "ownllm_engine_queue_depth", "Requests waiting for a slot."),
+                ("active", "ownllm_engine_active_sequences", "Sequences being decoded."),
+                ("slots", "ownllm_engine_slots", "Sequences decoded together at most."),
+            ):
                 family(name, "gauge", help_text)
                 lines.append(f"{name} {engine_stats.get(key, 0)}")
         return "\n".join(lines) + "\n"

@@ -29,14 +29,15 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from ownllm.assistant.reply import ContextOverflow, fit_to_context, reply
+from ownllm.assistant.reply import ContextOverflow, ReplyEvent, fit_to_context, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, validate
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.errors import UserError
@@ -64,8 +65,11 @@ def served(request: Request) -> Any:
     """app.state once the model is loaded, else 503."""
     state = request.app.state
     if state.engine is None:
-        message = (f"the model failed to load ({state.load_error})" if state.load_error
-                   else "the model is still loading; try again in a moment")
+        message = (
+            f"the model failed to load ({state.load_error})"
+            if state.load_error
+            else "the model is still loading; try again in a moment"
+        )
         raise APIError(503, message, code="model_not_ready", headers={"Retry-After": "2"})
     return state
 
@@ -78,8 +82,12 @@ def list_models(request: Request) -> dict:
 @router.get("/models/{model_id}")
 def get_model(model_id: str, request: Request) -> dict:
     if model_id != request.app.state.model_id:
-        raise APIError(404, f"no model {model_id!r}; this server serves {request.app.state.model_id!r}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"no model {model_id!r}; this server serves {request.app.state.model_id!r}",
+            param="model",
+            code="model_not_found",
+        )
     return _model_card(request.app.state)
 
 
@@ -103,8 +111,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     try:
         dropped = 0
         if truncate:  # trimmed here, not only inside reply(), so the count can go in the headers of a stream
-            conversation, dropped = await lease.run(fit, state.template, conversation, state.engine.context_size,
-                                                    params.max_tokens)
+            conversation, dropped = await lease.run(
+                fit, state.template, conversation, state.engine.context_size, params.max_tokens
+            )
         pieces = chat_pieces(reply(state.engine, state.template, conversation, params, truncate=truncate), dropped)
         first = await lease.next(pieces, None)
     except BaseException:
@@ -129,9 +138,14 @@ async def completions(body: CompletionRequest, request: Request):
         context, reserved = state.engine.context_size, reply_room(state.engine.context_size, params.max_tokens)
         dropped = max(0, len(ids) - (context - reserved))
         if dropped and not truncate:
-            raise APIError(400, f"the prompt has {len(ids)} tokens and the context holds {context}, {reserved} of "
-                                f"them kept for the completion; shorten the prompt (or send \"truncate\": true to "
-                                f"keep its end)", param="prompt", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt has {len(ids)} tokens and the context holds {context}, {reserved} of "
+                f'them kept for the completion; shorten the prompt (or send "truncate": true to '
+                f"keep its end)",
+                param="prompt",
+                code="context_length_exceeded",
+            )
         pieces = completion_pieces(state.engine, ids[dropped:], params, dropped)
         first = await lease.next(pieces, None)
     except BaseException:
@@ -147,8 +161,9 @@ def reply_room(context_size: int, max_tokens: int) -> int:
     return min(max_tokens, context_size // 4)
 
 
-def fit(template: ChatTemplate, conversation: Conversation, context_size: int, max_tokens: int
-        ) -> tuple[Conversation, int]:
+def fit(
+    template: ChatTemplate, conversation: Conversation, context_size: int, max_tokens: int
+) -> tuple[Conversation, int]:
     """fit_to_context with reply()'s budget, and its error naming the whole context."""
     reserved = reply_room(context_size, max_tokens)
     try:
@@ -166,8 +181,9 @@ def chat_conversation(messages: list[ChatMessage], persona: Any) -> Conversation
     except InvalidConversation as e:
         raise APIError(400, str(e), param="messages") from None
     if conversation[-1]["role"] != "user":
-        raise APIError(400, "the last message must be the user's; the reply is the assistant's next message",
-                       param="messages")
+        raise APIError(
+            400, "the last message must be the user's; the reply is the assistant's next message", param="messages"
+        )
     if persona is not None and conversation[0]["role"] != "system":
         conversation.insert(0, {"role": "system", "content": persona.system_prompt()})
     return conversation
@@ -190,15 +206,17 @@ def sampling_params(body: GenerationFields, default_max_tokens: int) -> Sampling
     ).validate()
 
 
-def chat_pieces(events: Iterator, dropped_before: int) -> Iterator[str | Finished]:
+def chat_pieces(events: Generator[ReplyEvent, None, None], dropped_before: int) -> Iterator[str | Finished]:
     """The assistant's text as it is written (tool calls run inside reply(), unseen), then Finished."""
     with closing(events):
         for event in events:
             if event.kind == "text" and event.text:
                 yield event.text
             elif event.kind == "done":
-                yield Finished(event.finish_reason, event.prompt_tokens, event.completion_tokens,
-                               dropped_before + event.dropped)
+                assert event.finish_reason is not None  # the engine's last event always has one
+                yield Finished(
+                    event.finish_reason, event.prompt_tokens, event.completion_tokens, dropped_before + event.dropped
+                )
 
 
 def completion_pieces(engine: Engine, ids: list[int], params: SamplingParams, dropped: int) -> Iterator[str | Finished]:
@@ -233,8 +251,14 @@ class ChatFormat:
         return before + json.dumps(text, ensure_ascii=False) + after
 
     def envelope(self, kind: str, choices: list[dict], **extra) -> dict:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
-                **extra}
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
         return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
@@ -264,8 +288,16 @@ class CompletionFormat(ChatFormat):
         return None
 
 
-async def respond(fmt: ChatFormat, body: GenerationFields, lease: Lease, pieces: Iterator, first: Any, started: float,
-                  headers: dict[str, str], metrics: Any):
+async def respond(
+    fmt: ChatFormat,
+    body: GenerationFields,
+    lease: Lease,
+    pieces: Iterator,
+    first: Any,
+    started: float,
+    headers: dict[str, str],
+    metrics: Any,
+):
     """The whole reply as one object, or the stream (the first piece is already here)."""
     first_token = time.perf_counter() - started
     if body.stream:
@@ -281,12 +313,15 @@ async def respond(fmt: ChatFormat, body: GenerationFields, lease: Lease, pieces:
     metrics.observe_generation(finished.prompt_tokens, finished.completion_tokens, finished.finish_reason, first_token)
     text = "".join(p for p in parts if isinstance(p, str))
     extra = {"truncated": {fmt.truncated_key: finished.dropped}} if finished.dropped else {}
-    return JSONResponse(fmt.envelope(fmt.object, [fmt.choice(text, finished.finish_reason)],
-                                     usage=_usage(finished), **extra), headers=headers)
+    return JSONResponse(
+        fmt.envelope(fmt.object, [fmt.choice(text, finished.finish_reason)], usage=_usage(finished), **extra),
+        headers=headers,
+    )
 
 
-async def _stream(fmt: ChatFormat, lease: Lease, pieces: Iterator, first: Any, first_token: float,
-                  include_usage: bool, metrics: Any) -> AsyncIterator[str]:
+async def _stream(
+    fmt: ChatFormat, lease: Lease, pieces: Iterator, first: Any, first_token: float, include_usage: bool, metrics: Any
+) -> AsyncIterator[str]:
     try:
         opening = fmt.opening()
         if opening is not None:
@@ -299,8 +334,9 @@ async def _stream(fmt: ChatFormat, lease: Lease, pieces: Iterator, first: Any, f
         if len(batch) > 1:
             yield fmt.text_chunk("".join(batch[:-1]))
         finished = _finished(batch[-1] if batch else None)
-        metrics.observe_generation(finished.prompt_tokens, finished.completion_tokens, finished.finish_reason,
-                                   first_token)
+        metrics.observe_generation(
+            finished.prompt_tokens, finished.completion_tokens, finished.finish_reason, first_token
+        )
         extra = {"truncated": {fmt.truncated_key: finished.dropped}} if finished.dropped else {}
         yield sse(fmt.envelope(fmt.chunk_object, [fmt.delta({}, finished.finish_reason)], **extra))
         if include_usage:
@@ -321,8 +357,11 @@ def _finished(last: Any) -> Finished:
 
 
 def _usage(finished: Finished) -> dict:
-    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.completion_tokens,
-            "total_tokens": finished.prompt_tokens + finished.completion_tokens}
+    return {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
 
 
 def error_body(e: Exception) -> dict:
@@ -334,5 +373,9 @@ def error_body(e: Exception) -> dict:
     if isinstance(e, UserError):
         return {"message": str(e), "type": "invalid_request_error", "param": None, "code": None}
     log.exception("error during a streamed reply")
-    return {"message": "internal server error (a bug: the server log has the details)", "type": "server_error",
-            "param": None, "code": None}
+    return {
+        "message": "internal server error (a bug: the server log has the details)",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }

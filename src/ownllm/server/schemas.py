@@ -71,8 +71,9 @@ class GenerationFields(_Strict):
     def check(self, settings: ServerSettings) -> None:
         """Raise a 400 APIError naming the first field beyond the server's limits or features."""
         if self.max_tokens is not None and self.max_tokens > settings.max_tokens_limit:
-            _refuse("max_tokens", f"max_tokens is {self.max_tokens}; this server allows at most "
-                                  f"{settings.max_tokens_limit}")
+            _refuse(
+                "max_tokens", f"max_tokens is {self.max_tokens}; this server allows at most {settings.max_tokens_limit}"
+            )
         if self.n not in (None, 1):
             _refuse("n", "only n=1 is supported; send one request per reply you want")
         stops = self.stop_strings()
@@ -82,7 +83,7 @@ class GenerationFields(_Strict):
             if not stop or len(stop) > settings.max_stop_chars:
                 _refuse("stop", f"stop strings must have 1 to {settings.max_stop_chars} characters")
         if self.stream_options is not None and not self.stream:
-            _refuse("stream_options", "stream_options is only allowed with \"stream\": true")
+            _refuse("stream_options", 'stream_options is only allowed with "stream": true')
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 _refuse(name, f"{name} is not supported; use repetition_penalty (an extension, 1 = off)")
@@ -108,8 +109,11 @@ class ChatCompletionRequest(GenerationFields):
             _refuse("messages", f"{len(self.messages)} messages; at most {settings.max_messages} are allowed")
         for i, message in enumerate(self.messages):
             if len(message.text()) > settings.max_message_chars:
-                _refuse(f"messages[{i}].content", f"message {i + 1} has {len(message.text())} characters; "
-                                                  f"at most {settings.max_message_chars} are allowed")
+                _refuse(
+                    f"messages[{i}].content",
+                    f"message {i + 1} has {len(message.text())} characters; "
+                    f"at most {settings.max_message_chars} are allowed",
+                )
         if self.logprobs:
             _refuse("logprobs", "logprobs are not supported")
         if self.tools:
@@ -133,10 +137,16 @@ class CompletionRequest(GenerationFields):
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
             _refuse("prompt", "give one prompt (a string); send one request per prompt")
         if len(self.text()) > settings.max_prompt_chars:
-            _refuse("prompt", f"the prompt has {len(self.text())} characters; at most {settings.max_prompt_chars} "
-                              f"are allowed")
-        unsupported = {"echo": self.echo, "best_of": self.best_of not in (None, 1),
-                       "logprobs": self.logprobs is not None, "suffix": bool(self.suffix)}
+            _refuse(
+                "prompt",
+                f"the prompt has {len(self.text())} characters; at most {settings.max_prompt_chars} are allowed",
+            )
+        unsupported = {
+            "echo": self.echo,
+            "best_of": self.best_of not in (None, 1),
+            "logprobs": self.logprobs is not None,
+            "suffix": bool(self.suffix),
+        }
         for name, used in unsupported.items():
             if used:
                 _refuse(name, f"{name} is not supported")

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -49,8 +50,15 @@ UNION_TAG = re.compile(r"^(str|int|float|bool|dict\[.*\]|list\[.*\]|[A-Z]\w*)$")
 class APIError(Exception):
     """Raised anywhere in a route or dependency; answered as an OpenAI-shaped error."""
 
-    def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type = status, message, type or error_type(status)
         self.param, self.code, self.headers = param, code, headers
@@ -69,8 +77,14 @@ def error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def openai_error(status: int, message: str, type: str | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def openai_error(
+    status: int,
+    message: str,
+    type: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     """The error body every OpenAI client understands."""
     body = {"error": {"message": message, "type": type or error_type(status), "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -90,22 +104,31 @@ def require_owner(request: Request) -> str:
         return "local"
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), key.encode("utf-8")):
-        raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(
+            401,
+            "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return owner_id(key)
 
 
 def install_security(app: FastAPI, settings: ServerSettings) -> None:
     """Error handlers, then the CORS allow-list and the request guard (the guard runs first)."""
     app.add_exception_handler(APIError, lambda request, e: e.response())
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(UserError, _user_error)
+    # The stubs want handlers of any Exception; Starlette calls each only with its own class.
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(UserError, _user_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.add_middleware(RequestGuard, settings=settings)
 
 
@@ -113,8 +136,12 @@ def _user_error(request: Request, e: UserError) -> JSONResponse:
     if isinstance(e, EngineBusy):
         return openai_error(503, str(e), code="server_busy", headers={"Retry-After": "1"})
     if isinstance(e, ContextOverflow):
-        return openai_error(400, f"{e} (or send \"truncate\": true to drop the oldest turns)",
-                            param="messages", code="context_length_exceeded")
+        return openai_error(
+            400,
+            f'{e} (or send "truncate": true to drop the oldest turns)',
+            param="messages",
+            code="context_length_exceeded",
+        )
     return openai_error(400, str(e))
 
 
@@ -130,7 +157,7 @@ def _internal_error(request: Request, e: Exception) -> JSONResponse:
 
 def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 list of problems -> one OpenAI-shaped 400 (as OpenAI answers) naming the most specific one."""
-    errors: list[dict[str, Any]] = e.errors()
+    errors: Sequence[dict[str, Any]] = e.errors()
     if any(error.get("type") == "json_invalid" for error in errors):
         detail = errors[0].get("ctx", {}).get("error", "decode error")
         return openai_error(400, f"the request body is not valid JSON ({detail})")
@@ -138,8 +165,9 @@ def _validation_error(request: Request, e: RequestValidationError) -> JSONRespon
     param = max((p for p, _ in located), key=lambda p: p.count(".") + p.count("["))
     if not param:
         missing = errors[0].get("type") == "missing"
-        return openai_error(400, "the request needs a JSON object body" if missing
-                            else "the request body must be a JSON object")
+        return openai_error(
+            400, "the request needs a JSON object body" if missing else "the request body must be a JSON object"
+        )
     # A value that fits none of a union's types gets one message per type: say them all.
     messages = dict.fromkeys(error.get("msg", "invalid value") for p, error in located if p == param)
     return openai_error(400, f"{param}: {' or '.join(messages)}", param=param)
@@ -175,6 +203,7 @@ class RequestGuard:
                 if body is None and refusal is None:
                     return  # the client went away while sending
                 if refusal is None:
+                    assert body is not None  # None comes only with a refusal, or when the client left (above)
                     receive = _replay(body, receive)
         if refusal is not None:
             await refusal(scope, receive, send)
@@ -188,9 +217,12 @@ class RequestGuard:
         host, port = (match.group(1).lower(), match.group(2)) if match else ("", None)
         port_ok = port is None or self.settings.port == 0 or int(port) == self.settings.port
         if host not in LOOPBACK_HOSTS or not port_ok:
-            return openai_error(421, f"this server answers only requests to localhost, 127.0.0.1 or [::1] on port "
-                                     f"{self.settings.port}, not {headers.get('host', '(no Host header)')!r}",
-                                code="invalid_host")
+            return openai_error(
+                421,
+                f"this server answers only requests to localhost, 127.0.0.1 or [::1] on port "
+                f"{self.settings.port}, not {headers.get('host', '(no Host header)')!r}",
+                code="invalid_host",
+            )
         return None
 
     def _check_origin(self, headers: Headers) -> JSONResponse | None:
@@ -200,8 +232,12 @@ class RequestGuard:
         same_origin = origin.partition("://")[2] == headers.get("host", "").lower()
         if same_origin:
             return None
-        return openai_error(403, f"requests from pages on {origin} are not allowed; start the server with "
-                                 f"--cors-origin {origin} to allow them", code="origin_not_allowed")
+        return openai_error(
+            403,
+            f"requests from pages on {origin} are not allowed; start the server with "
+            f"--cors-origin {origin} to allow them",
+            code="origin_not_allowed",
+        )
 
     async def _read_body(self, headers: Headers, receive: Receive) -> tuple[bytes | None, JSONResponse | None]:
         limit = self.settings.max_body_bytes
@@ -231,8 +267,11 @@ def _check_content_type(headers: Headers) -> JSONResponse | None:
     if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
         return None
     shown = media_type or "none"
-    return openai_error(415, f"the request body must be JSON sent with 'Content-Type: application/json' (got {shown})",
-                        code="unsupported_media_type")
+    return openai_error(
+        415,
+        f"the request body must be JSON sent with 'Content-Type: application/json' (got {shown})",
+        code="unsupported_media_type",
+    )
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

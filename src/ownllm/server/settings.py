@@ -40,11 +40,13 @@ class ServerSettings:
     def loopback(self) -> bool:
         return is_loopback(self.host)
 
-    def check(self) -> "ServerSettings":
+    def check(self) -> ServerSettings:
         """Refuse settings that are unsafe or impossible, in one line each."""
         if not self.loopback and not self.api_key and not self.insecure:
-            raise UserError(f"--host {self.host} is reachable from other machines; give --api-key/--api-key-file, "
-                            f"or --insecure to serve without a key")
+            raise UserError(
+                f"--host {self.host} is reachable from other machines; give --api-key/--api-key-file, "
+                f"or --insecure to serve without a key"
+            )
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("the API key is empty; give a non-empty --api-key or --api-key-file")
         if not 0 <= self.port <= 65535:

@@ -32,10 +32,11 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ownllm.core.errors import UserError
 
@@ -151,7 +152,7 @@ class Store:
                 db.execute("UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'")
 
     @classmethod
-    def for_run(cls, run_dir: str | Path, recover: bool = True) -> "Store":
+    def for_run(cls, run_dir: str | Path, recover: bool = True) -> Store:
         return cls(Path(run_dir) / DB_NAME, recover=recover)
 
     def close(self) -> None:
@@ -179,8 +180,10 @@ class Store:
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise UserError(f"{self.path} has schema version {version}, newer than this ownllm's "
-                                f"{SCHEMA_VERSION}; upgrade ownllm")
+                raise UserError(
+                    f"{self.path} has schema version {version}, newer than this ownllm's "
+                    f"{SCHEMA_VERSION}; upgrade ownllm"
+                )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target - 1].split(";"):  # plain DDL: no ";" inside statements
                     if statement.strip():
@@ -193,15 +196,20 @@ class Store:
 
     # Conversations. Every operation takes the owner: another owner's conversation is "not found".
 
-    def create_conversation(self, owner: str, title: str = "", system_prompt: str = "",
-                            settings: dict | None = None) -> dict:
+    def create_conversation(
+        self, owner: str, title: str = "", system_prompt: str = "", settings: dict | None = None
+    ) -> dict:
         now = time.time()
         conversation_id = new_id()
         with self._write() as db:
-            db.execute("INSERT INTO conversations (id, owner, title, system_prompt, settings, created, updated) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (conversation_id, owner, title, system_prompt, json.dumps(settings or {}), now, now))
-        return self.get_conversation(owner, conversation_id, with_messages=False)
+            db.execute(
+                "INSERT INTO conversations (id, owner, title, system_prompt, settings, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, owner, title, system_prompt, json.dumps(settings or {}), now, now),
+            )
+        conversation = self.get_conversation(owner, conversation_id, with_messages=False)
+        assert conversation is not None  # inserted just above
+        return conversation
 
     def list_conversations(self, owner: str) -> list[dict]:
         """The owner's conversations, the most recently active first (no messages)."""
@@ -215,22 +223,39 @@ class Store:
             return None
         conversation = _conversation(rows[0])
         if with_messages:
-            conversation["messages"] = [_message(r) for r in self._read(
-                "SELECT m.*, f.rating, f.comment AS feedback_comment FROM messages AS m "
-                "LEFT JOIN feedback AS f ON f.message_id = m.id "
-                "WHERE m.conversation_id = ? AND m.active = 1 ORDER BY m.position", (conversation_id,))]
+            conversation["messages"] = [
+                _message(r)
+                for r in self._read(
+                    "SELECT m.*, f.rating, f.comment AS feedback_comment FROM messages AS m "
+                    "LEFT JOIN feedback AS f ON f.message_id = m.id "
+                    "WHERE m.conversation_id = ? AND m.active = 1 ORDER BY m.position",
+                    (conversation_id,),
+                )
+            ]
         return conversation
 
-    def update_conversation(self, owner: str, conversation_id: str, *, title: str | None = None,
-                            system_prompt: str | None = None, settings: dict | None = None) -> dict | None:
+    def update_conversation(
+        self,
+        owner: str,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+        settings: dict | None = None,
+    ) -> dict | None:
         """Rename, or change the system prompt or settings; None if there is no such conversation."""
-        changes = {"title": title, "system_prompt": system_prompt,
-                   "settings": None if settings is None else json.dumps(settings)}
+        changes = {
+            "title": title,
+            "system_prompt": system_prompt,
+            "settings": None if settings is None else json.dumps(settings),
+        }
         changes = {k: v for k, v in changes.items() if v is not None}
         with self._write() as db:
             sets = ", ".join(f"{k} = ?" for k in changes)
-            cursor = db.execute(f"UPDATE conversations SET {sets + ', ' if sets else ''}updated = ? "
-                                "WHERE id = ? AND owner = ?", (*changes.values(), time.time(), conversation_id, owner))
+            cursor = db.execute(
+                f"UPDATE conversations SET {sets + ', ' if sets else ''}updated = ? WHERE id = ? AND owner = ?",
+                (*changes.values(), time.time(), conversation_id, owner),
+            )
             if cursor.rowcount == 0:
                 return None
         return self.get_conversation(owner, conversation_id, with_messages=False)
@@ -238,19 +263,28 @@ class Store:
     def delete_conversation(self, owner: str, conversation_id: str) -> bool:
         """Delete it with its messages and their feedback (foreign keys cascade)."""
         with self._write() as db:
-            return db.execute("DELETE FROM conversations WHERE id = ? AND owner = ?",
-                              (conversation_id, owner)).rowcount > 0
+            return (
+                db.execute("DELETE FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner)).rowcount
+                > 0
+            )
 
     def export_conversation(self, owner: str, conversation_id: str) -> dict | None:
         """Everything about one conversation as JSON: replaced messages and feedback included."""
         conversation = self.get_conversation(owner, conversation_id, with_messages=False)
         if conversation is None:
             return None
-        rows = self._read("SELECT m.*, f.rating, f.comment AS feedback_comment FROM messages AS m "
-                          "LEFT JOIN feedback AS f ON f.message_id = m.id "
-                          "WHERE m.conversation_id = ? ORDER BY m.position, m.created, m.rowid", (conversation_id,))
-        return {"format": "ownllm.conversation", "version": 1, **conversation,
-                "messages": [_message(r, full=True) for r in rows]}
+        rows = self._read(
+            "SELECT m.*, f.rating, f.comment AS feedback_comment FROM messages AS m "
+            "LEFT JOIN feedback AS f ON f.message_id = m.id "
+            "WHERE m.conversation_id = ? ORDER BY m.position, m.created, m.rowid",
+            (conversation_id,),
+        )
+        return {
+            "format": "ownllm.conversation",
+            "version": 1,
+            **conversation,
+            "messages": [_message(r, full=True) for r in rows],
+        }
 
     # Messages.
 
@@ -267,12 +301,17 @@ class Store:
             raise ValueError(f"unknown turn kind {kind!r}")
         now = time.time()
         with self._write() as db:
-            if not db.execute("SELECT 1 FROM conversations WHERE id = ? AND owner = ?",
-                              (conversation_id, owner)).fetchone():
+            if not db.execute(
+                "SELECT 1 FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner)
+            ).fetchone():
                 return None
-            active = [dict(r) for r in db.execute(
-                "SELECT * FROM messages WHERE conversation_id = ? AND active = 1 ORDER BY position",
-                (conversation_id,))]
+            active = [
+                dict(r)
+                for r in db.execute(
+                    "SELECT * FROM messages WHERE conversation_id = ? AND active = 1 ORDER BY position",
+                    (conversation_id,),
+                )
+            ]
             if any(m["status"] == "streaming" for m in active):
                 raise ConversationBusy("a reply to this conversation is still being written; stop it or wait")
             if kind == "send":
@@ -287,20 +326,26 @@ class Store:
             kept, replaced = active[:keep], active[keep:]
             if replaced:
                 db.executemany("UPDATE messages SET active = 0 WHERE id = ?", [(m["id"],) for m in replaced])
-            turn = Turn(conversation_id, history=[_plain(m) for m in kept], reply_id="",
-                        replaced=[m["id"] for m in replaced])
+            turn = Turn(
+                conversation_id, history=[_plain(m) for m in kept], reply_id="", replaced=[m["id"] for m in replaced]
+            )
             parent = kept[-1]["id"] if kept else None
             if kind != "regenerate":
+                assert content is not None, f"a {kind} turn needs content"  # the column is NOT NULL
                 turn.user_id = parent = self._insert(db, conversation_id, parent, len(kept), "user", content, now)
                 turn.history.append({"role": "user", "content": content})
                 turn.added.append(parent)
             turn.position = len(turn.history)
-            turn.reply_id = self._insert(db, conversation_id, parent, turn.position, "assistant", "", now,
-                                         status="streaming")
+            turn.reply_id = self._insert(
+                db, conversation_id, parent, turn.position, "assistant", "", now, status="streaming"
+            )
             turn.added.append(turn.reply_id)
             title = content.strip().splitlines()[0][:60] if content and content.strip() else None
-            db.execute("UPDATE conversations SET updated = ?, title = CASE WHEN title = '' AND ? IS NOT NULL "
-                       "THEN ? ELSE title END WHERE id = ?", (now, title, title, conversation_id))
+            db.execute(
+                "UPDATE conversations SET updated = ?, title = CASE WHEN title = '' AND ? IS NOT NULL "
+                "THEN ? ELSE title END WHERE id = ?",
+                (now, title, title, conversation_id),
+            )
         return turn
 
     def save_text(self, message_id: str, content: str) -> None:
@@ -323,11 +368,14 @@ class Store:
         """
         now = time.time()
         with self._write() as db:
-            db.execute("UPDATE messages SET content = ?, tool_call = ?, status = 'complete' WHERE id = ?",
-                       (content, json.dumps(tool_call), turn.reply_id))
+            db.execute(
+                "UPDATE messages SET content = ?, tool_call = ?, status = 'complete' WHERE id = ?",
+                (content, json.dumps(tool_call), turn.reply_id),
+            )
             tool_id = self._insert(db, turn.conversation_id, turn.reply_id, turn.position + 1, "tool", result, now)
-            turn.reply_id = self._insert(db, turn.conversation_id, tool_id, turn.position + 2, "assistant", "", now,
-                                         status="streaming")
+            turn.reply_id = self._insert(
+                db, turn.conversation_id, tool_id, turn.position + 2, "assistant", "", now, status="streaming"
+            )
         turn.added += [tool_id, turn.reply_id]
         turn.position += 2
         return turn.reply_id
@@ -340,18 +388,31 @@ class Store:
 
     def get_messages(self, ids: list[str]) -> list[dict]:
         marks = ",".join("?" * len(ids))
-        rows = self._read(f"SELECT m.*, f.rating, f.comment AS feedback_comment FROM messages AS m "
-                          f"LEFT JOIN feedback AS f ON f.message_id = m.id WHERE m.id IN ({marks}) "
-                          f"ORDER BY m.position", tuple(ids))
+        rows = self._read(
+            f"SELECT m.*, f.rating, f.comment AS feedback_comment FROM messages AS m "
+            f"LEFT JOIN feedback AS f ON f.message_id = m.id WHERE m.id IN ({marks}) "
+            f"ORDER BY m.position",
+            tuple(ids),
+        )
         return [_message(r) for r in rows]
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, conversation_id: str, parent_id: str | None, position: int, role: str,
-                content: str, now: float, status: str = "complete") -> str:
+    def _insert(
+        db: sqlite3.Connection,
+        conversation_id: str,
+        parent_id: str | None,
+        position: int,
+        role: str,
+        content: str,
+        now: float,
+        status: str = "complete",
+    ) -> str:
         message_id = new_id()
-        db.execute("INSERT INTO messages (id, conversation_id, parent_id, position, role, content, status, created) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (message_id, conversation_id, parent_id, position, role, content, status, now))
+        db.execute(
+            "INSERT INTO messages (id, conversation_id, parent_id, position, role, content, status, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, conversation_id, parent_id, position, role, content, status, now),
+        )
         return message_id
 
     # Feedback.
@@ -364,18 +425,22 @@ class Store:
         if rating is not None and rating not in RATINGS:
             raise ValueError(f"a rating is 'up' or 'down', not {rating!r}")
         with self._write() as db:
-            found = db.execute("SELECT 1 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id "
-                               "WHERE m.id = ? AND c.owner = ? AND m.role = 'assistant'",
-                               (message_id, owner)).fetchone()
+            found = db.execute(
+                "SELECT 1 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation_id "
+                "WHERE m.id = ? AND c.owner = ? AND m.role = 'assistant'",
+                (message_id, owner),
+            ).fetchone()
             if not found:
                 return None
             if rating is None:
                 db.execute("DELETE FROM feedback WHERE message_id = ?", (message_id,))
             else:
-                db.execute("INSERT INTO feedback (message_id, rating, comment, created) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, "
-                           "comment = excluded.comment, created = excluded.created",
-                           (message_id, RATINGS[rating], comment, time.time()))
+                db.execute(
+                    "INSERT INTO feedback (message_id, rating, comment, created) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, "
+                    "comment = excluded.comment, created = excluded.created",
+                    (message_id, RATINGS[rating], comment, time.time()),
+                )
         return self.get_messages([message_id])[0]
 
     def rated_replies(self) -> list[dict]:
@@ -385,10 +450,12 @@ class Store:
         `path` is the branch from the first message to the rated one (plain message dicts),
         following parent links, so a replaced reply keeps the prompt it answered.
         """
-        rated = self._read("SELECT m.id, m.conversation_id, m.status, f.rating, f.comment, c.system_prompt "
-                           "FROM feedback AS f JOIN messages AS m ON m.id = f.message_id "
-                           "JOIN conversations AS c ON c.id = m.conversation_id "
-                           "ORDER BY c.created, m.position, f.rowid")
+        rated = self._read(
+            "SELECT m.id, m.conversation_id, m.status, f.rating, f.comment, c.system_prompt "
+            "FROM feedback AS f JOIN messages AS m ON m.id = f.message_id "
+            "JOIN conversations AS c ON c.id = m.conversation_id "
+            "ORDER BY c.created, m.position, f.rowid"
+        )
         messages: dict[str, dict[str, Any]] = {}
         for conversation_id in dict.fromkeys(r["conversation_id"] for r in rated):
             for row in self._read("SELECT * FROM messages WHERE conversation_id = ?", (conversation_id,)):
@@ -399,20 +466,40 @@ class Store:
             while node is not None:
                 path.append(_plain(node))
                 node = messages.get(node["parent_id"])
-            out.append({"message_id": r["id"], "rating": _RATING_NAMES[r["rating"]], "comment": r["comment"],
-                        "status": r["status"], "system_prompt": r["system_prompt"], "path": path[::-1]})
+            out.append(
+                {
+                    "message_id": r["id"],
+                    "rating": _RATING_NAMES[r["rating"]],
+                    "comment": r["comment"],
+                    "status": r["status"],
+                    "system_prompt": r["system_prompt"],
+                    "path": path[::-1],
+                }
+            )
         return out
 
 
 def _conversation(row: sqlite3.Row) -> dict:
-    return {"id": row["id"], "title": row["title"], "system_prompt": row["system_prompt"],
-            "settings": json.loads(row["settings"]), "created": row["created"], "updated": row["updated"]}
+    return {
+        "id": row["id"],
+        "title": row["title"],
+        "system_prompt": row["system_prompt"],
+        "settings": json.loads(row["settings"]),
+        "created": row["created"],
+        "updated": row["updated"],
+    }
 
 
 def _message(row: sqlite3.Row, full: bool = False) -> dict:
-    message = {"id": row["id"], "role": row["role"], "content": row["content"], "status": row["status"],
-               "created": row["created"], "rating": _RATING_NAMES.get(row["rating"]),
-               "comment": row["feedback_comment"]}
+    message = {
+        "id": row["id"],
+        "role": row["role"],
+        "content": row["content"],
+        "status": row["status"],
+        "created": row["created"],
+        "rating": _RATING_NAMES.get(row["rating"]),
+        "comment": row["feedback_comment"],
+    }
     if row["tool_call"] is not None:
         message["tool_call"] = json.loads(row["tool_call"])
     if full:

@@ -19,7 +19,8 @@ import asyncio
 import collections
 import json
 import threading
-from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -40,10 +41,14 @@ class GenerationGate:
         self.in_flight = 0  # only touched on the event loop's thread
         self.limiter = anyio.CapacityLimiter(capacity)  # worker threads of Lease.run
 
-    def admit(self) -> "Lease":
+    def admit(self) -> Lease:
         if self.in_flight >= self.capacity:
-            raise APIError(503, f"the server is busy ({self.capacity} requests running or waiting); "
-                                f"try again in a moment", code="server_busy", headers={"Retry-After": "1"})
+            raise APIError(
+                503,
+                f"the server is busy ({self.capacity} requests running or waiting); try again in a moment",
+                code="server_busy",
+                headers={"Retry-After": "1"},
+            )
         self.in_flight += 1
         return Lease(self)
 
@@ -80,7 +85,7 @@ class Lease:
             self.released = True
             self.gate.in_flight -= 1
 
-    def _pump(self, iterator: Iterator) -> "_Pump":
+    def _pump(self, iterator: Iterator) -> _Pump:
         pump = self._pumps.get(id(iterator))
         if pump is None:
             pump = self._pumps[id(iterator)] = _Pump(iterator)
@@ -195,12 +200,15 @@ class EventStream(StreamingResponse):
     """text/event-stream whose async generator is always closed (aclose) when the response ends."""
 
     def __init__(self, content: AsyncIterator[str], headers: dict[str, str] | None = None):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+        )
 
     async def stream_response(self, send: Send) -> None:
         try:
             await super().stream_response(send)
         finally:
             with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()
+                await cast(AsyncGenerator[str, None], self.body_iterator).aclose()  # the `content` given above

@@ -13,14 +13,14 @@ import itertools
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import regex
 
 from ownllm.core.console import progress
-from ownllm.core.parallel import available_cores, size_bounded_batches
 from ownllm.core.errors import UserError
+from ownllm.core.parallel import available_cores, size_bounded_batches
 from ownllm.tokenizer.reference import as_valid_unicode
 
 CHUNK_CHARS = 1 << 20  # text per task: large enough to amortise the transfer, small enough to spread
@@ -92,6 +92,7 @@ def _init_worker(pattern: str, special_tokens: Sequence[str]) -> None:
 
 def _count_chunk(texts: list[str]) -> tuple[Counter[str], int, int]:
     """Counts of the pieces of `texts`, the number of characters the pattern skipped, and len(texts)."""
+    assert _split_pattern is not None  # _init_worker set it, in this process or in each pool worker
     counts: Counter[str] = Counter()
     skipped = 0
     for text in texts:

@@ -16,7 +16,9 @@ the merges in the order training learned them. This is the rule tiktoken impleme
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AbstractSet, Iterable, Literal, Mapping
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Literal
 
 import regex
 
@@ -58,7 +60,7 @@ def as_valid_unicode(text: str) -> str:
 class ReferenceEncoder:
     """Encode and decode with a tokenizer's merges, special tokens and split pattern, in Python."""
 
-    def __init__(self, tokenizer: "Tokenizer"):
+    def __init__(self, tokenizer: Tokenizer):
         specials = tokenizer.special_tokens
         special_ids = set(specials.values())
         self.ranks = {token: i for i, token in tokenizer.vocab.items() if i not in special_ids}

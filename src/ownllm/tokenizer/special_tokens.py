@@ -14,7 +14,8 @@ cannot inject control tokens.
 
 from __future__ import annotations
 
-from typing import AbstractSet, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 ENDOFTEXT = "<|endoftext|>"  # separates documents in token shards
 SYSTEM = "<|system|>"  # starts the system message of a conversation

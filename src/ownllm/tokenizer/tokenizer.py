@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import AbstractSet, Iterable, Literal, Sequence
+from typing import Literal
 
 import tiktoken
 
-from ownllm.core.errors import UserError
+from ownllm.core.errors import UserError, check_format
 from ownllm.core.fsutil import atomic_write_text, read_json
-from ownllm.core.errors import check_format
 from ownllm.tokenizer.patterns import DEFAULT_PATTERN, PRESETS, freeze_pattern
 from ownllm.tokenizer.special_tokens import (
     ENDOFTEXT,
@@ -104,7 +105,7 @@ class Tokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         ids = list(ids)
-        if ids and not (0 <= min(ids) and max(ids) < self.vocab_size):
+        if ids and not (min(ids) >= 0 and max(ids) < self.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got {min(ids)}..{max(ids)}")
         return self._encoding.decode_bytes(ids)
 
@@ -130,14 +131,14 @@ class Tokenizer:
         return {**payload, "checksum": _checksum(payload)}
 
     @classmethod
-    def from_json(cls, obj: dict, source: str = "tokenizer") -> "Tokenizer":
+    def from_json(cls, obj: dict, source: str = "tokenizer") -> Tokenizer:
         check_format(obj, FORMAT, VERSION, Path(source), RETRAIN)
         payload = {k: v for k, v in obj.items() if k != "checksum"}
         if obj.get("checksum") != _checksum(payload):
             raise UserError(f"{source} is corrupted (its checksum does not match its content); {RETRAIN}")
         try:
             vocab: list[bytes] = [bytes([b]) for b in range(256)]
-            merges = []
+            merges: list[tuple[bytes, bytes]] = []
             for left, right in obj["merges"]:
                 if not all(isinstance(i, int) and 0 <= i < len(vocab) for i in (left, right)):
                     raise ValueError(f"merge {len(merges)} refers to a token that does not exist yet")
@@ -168,11 +169,13 @@ class Tokenizer:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Tokenizer":
+    def load(cls, directory: str | Path) -> Tokenizer:
         """Load a saved tokenizer, refusing another format version or a corrupted file in one line."""
         path = Path(directory) / FILE_NAME
         if not path.is_file():
-            raise UserError(f"no tokenizer at {directory} (missing {FILE_NAME}); run `ownllm tokenizer --run DIR` first")
+            raise UserError(
+                f"no tokenizer at {directory} (missing {FILE_NAME}); run `ownllm tokenizer --run DIR` first"
+            )
         return cls.from_json(read_json(path, "tokenizer"), source=str(path))
 
 

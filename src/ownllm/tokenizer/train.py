@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ownllm.core.console import progress, say
 from ownllm.core.errors import UserError

@@ -11,11 +11,12 @@ import difflib
 import math
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ownllm.core.errors import UserError
-from ownllm.model.config import ModelConfig
 from ownllm.core.settings import dataclass_from_dict
+from ownllm.model.config import ModelConfig
 
 SCHEDULES = ("cosine", "wsd")
 DATA_ORDERS = ("random", "sequential")
@@ -89,7 +90,7 @@ class TrainConfig:
     def prompts(self) -> list[str]:
         return self.sample_prompts.split("|")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         self.model.validate()
         positive = ("seq_len", "batch_tokens", "steps", "log_every", "eval_tokens", "keep_checkpoints")
         for name in positive:
@@ -102,7 +103,8 @@ class TrainConfig:
                 raise UserError(f"{name}={getattr(self, name)} must be 0 (off) or more")
         if self.seq_len > self.model.max_seq_len:
             raise UserError(
-                f"seq_len={self.seq_len} is longer than the model's position limit max_seq_len={self.model.max_seq_len}; "
+                f"seq_len={self.seq_len} is longer than the model's position limit "
+                f"max_seq_len={self.model.max_seq_len}; "
                 f"lower seq_len or raise model.max_seq_len"
             )
         if self.batch_tokens % self.seq_len:
@@ -117,7 +119,12 @@ class TrainConfig:
             raise UserError("beta1 and beta2 must be in [0, 1), weight_decay and grad_clip at least 0")
         if self.time_budget < 0:
             raise UserError(f"time_budget={self.time_budget} must be 0 (off) or a positive duration")
-        for name, allowed in (("schedule", SCHEDULES), ("data_order", DATA_ORDERS), ("dtype", DTYPES), ("device", DEVICES)):
+        for name, allowed in (
+            ("schedule", SCHEDULES),
+            ("data_order", DATA_ORDERS),
+            ("dtype", DTYPES),
+            ("device", DEVICES),
+        ):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         return self
@@ -126,7 +133,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d["model"] = ModelConfig.from_dict(d.get("model", {}))
         return dataclass_from_dict(cls, d, "training")
@@ -136,30 +143,66 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # Seconds on a laptop: for tests and for trying the commands.
     "tiny": {
-        "model.n_layers": 2, "model.d_model": 64, "model.n_heads": 4, "model.max_seq_len": 64,
-        "seq_len": 64, "micro_batch": 8, "batch_tokens": 512, "steps": 40, "lr": 3e-3, "warmup_steps": 5,
-        "eval_every": 20, "eval_tokens": 2048, "sample_every": 20, "sample_tokens": 16, "checkpoint_every": 20,
+        "model.n_layers": 2,
+        "model.d_model": 64,
+        "model.n_heads": 4,
+        "model.max_seq_len": 64,
+        "seq_len": 64,
+        "micro_batch": 8,
+        "batch_tokens": 512,
+        "steps": 40,
+        "lr": 3e-3,
+        "warmup_steps": 5,
+        "eval_every": 20,
+        "eval_tokens": 2048,
+        "sample_every": 20,
+        "sample_tokens": 16,
+        "checkpoint_every": 20,
     },
     # The default demo: about ten minutes on two CPU cores with the bundled corpus (~2M tokens).
     # 3 x 192 won the sweep in docs/benchmarks.md: in minutes on a CPU, more steps beat a wider model.
     "cpu": {
-        "model.n_layers": 3, "model.d_model": 192, "model.n_heads": 3, "model.max_seq_len": 256,
-        "seq_len": 256, "micro_batch": 16, "batch_tokens": 4096, "time_budget": 600.0, "lr": 2e-3,
-        "warmup_steps": 20, "eval_every": 100, "eval_tokens": 32768, "sample_every": 100, "checkpoint_every": 100,
+        "model.n_layers": 3,
+        "model.d_model": 192,
+        "model.n_heads": 3,
+        "model.max_seq_len": 256,
+        "seq_len": 256,
+        "micro_batch": 16,
+        "batch_tokens": 4096,
+        "time_budget": 600.0,
+        "lr": 2e-3,
+        "warmup_steps": 20,
+        "eval_every": 100,
+        "eval_tokens": 32768,
+        "sample_every": 100,
+        "checkpoint_every": 100,
     },
     # GPT-2-small class for one GPU, bf16: 12 layers, 768 wide, 1024 context, tied embeddings
     # (124M parameters with GPT-2's 50k vocabulary, 92M with the demo's 8192).
     "gpu-small": {
-        "model.n_layers": 12, "model.d_model": 768, "model.n_heads": 12, "model.max_seq_len": 1024,
+        "model.n_layers": 12,
+        "model.d_model": 768,
+        "model.n_heads": 12,
+        "model.max_seq_len": 1024,
         "model.tie_embeddings": True,
-        "seq_len": 1024, "micro_batch": 32, "batch_tokens": 262144, "steps": 5000, "lr": 6e-4, "warmup_steps": 200,
-        "eval_every": 250, "eval_tokens": 524288, "sample_every": 500, "sample_tokens": 64, "checkpoint_every": 500,
-        "compile": True, "log_every": 10,
+        "seq_len": 1024,
+        "micro_batch": 32,
+        "batch_tokens": 262144,
+        "steps": 5000,
+        "lr": 6e-4,
+        "warmup_steps": 200,
+        "eval_every": 250,
+        "eval_tokens": 524288,
+        "sample_every": 500,
+        "sample_tokens": 64,
+        "checkpoint_every": 500,
+        "compile": True,
+        "log_every": 10,
     },
 }
 
 
-def load_config(preset: str, overrides: list[str] = (), time_budget: str | None = None) -> TrainConfig:
+def load_config(preset: str, overrides: Sequence[str] = (), time_budget: str | None = None) -> TrainConfig:
     """The preset's settings, then each `key=value` override, then the time budget; validated."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -172,7 +215,7 @@ def load_config(preset: str, overrides: list[str] = (), time_budget: str | None 
     return config.validate()
 
 
-def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():

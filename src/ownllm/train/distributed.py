@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from ownllm.core.errors import UserError
 from ownllm.core.device import Precision, choose_precision, resolve_device
+from ownllm.core.errors import UserError
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Distributed:
     def _collective_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
-    def __enter__(self) -> "Distributed":
+    def __enter__(self) -> Distributed:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -116,8 +116,9 @@ def setup(device_name: str = "auto") -> Distributed:
         torch_dist.init_process_group("nccl", device_id=device)
     else:
         torch_dist.init_process_group("gloo")
-    return Distributed(device=device, rank=rank, world=world, local_rank=local_rank, local_world=local_world,
-                       grouped=True)
+    return Distributed(
+        device=device, rank=rank, world=world, local_rank=local_rank, local_world=local_world, grouped=True
+    )
 
 
 def _env_int(name: str, default: int) -> int:

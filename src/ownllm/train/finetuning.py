@@ -10,14 +10,12 @@ latest pretraining) and the mixture, so a resumed run uses the same data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
-
-import torch
 
 from ownllm.chatformat.persona import Persona
-from ownllm.chatformat.sft_data import SFTMixture, SFTLoader, build_sft_data, eval_batches
+from ownllm.chatformat.sft_data import SFTLoader, SFTMixture, build_sft_data, eval_batches
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.console import say
 from ownllm.core.device import Precision
@@ -38,17 +36,43 @@ from ownllm.train.trainer import Hooks, Trainer
 # in all 20 after 1,500, wherever the steps run (about 10 minutes on two quiet CPU cores;
 # docs/benchmarks.md, "Chat fine-tuning").
 SFT_PRESETS: dict[str, dict] = {
-    "tiny": {"steps": 30, "lr": 1e-3, "warmup_steps": 3, "micro_batch": 8, "eval_every": 10, "sample_every": 0,
-             "checkpoint_every": 10, "sample_tokens": 24},
-    "cpu": {"time_budget": 0.0, "steps": 1500, "lr": 1e-3, "min_lr_ratio": 0.1, "warmup_steps": 10,
-            "micro_batch": 16, "eval_every": 250, "sample_every": 500, "checkpoint_every": 250, "sample_tokens": 160},
+    "tiny": {
+        "steps": 30,
+        "lr": 1e-3,
+        "warmup_steps": 3,
+        "micro_batch": 8,
+        "eval_every": 10,
+        "sample_every": 0,
+        "checkpoint_every": 10,
+        "sample_tokens": 24,
+    },
+    "cpu": {
+        "time_budget": 0.0,
+        "steps": 1500,
+        "lr": 1e-3,
+        "min_lr_ratio": 0.1,
+        "warmup_steps": 10,
+        "micro_batch": 16,
+        "eval_every": 250,
+        "sample_every": 500,
+        "checkpoint_every": 250,
+        "sample_tokens": 160,
+    },
     # Not measured: about 5 epochs of the default mixture at a third of pretraining's lr.
-    "gpu-small": {"steps": 1000, "lr": 2e-4, "warmup_steps": 50, "micro_batch": 32, "eval_every": 200,
-                  "sample_every": 500, "checkpoint_every": 500, "sample_tokens": 200},
+    "gpu-small": {
+        "steps": 1000,
+        "lr": 2e-4,
+        "warmup_steps": 50,
+        "micro_batch": 32,
+        "eval_every": 200,
+        "sample_every": 500,
+        "checkpoint_every": 500,
+        "sample_tokens": 200,
+    },
 }
 SAMPLE_QUESTIONS = "What is your name?|What is 12 * 7?|Tell me a story about a cat."
 
-SamplerFactory = Callable[[ChatTemplate, TrainConfig, Persona], Callable[[torch.nn.Module], list[str]] | None]
+SamplerFactory = Callable[[ChatTemplate, TrainConfig, Persona], Callable[[Transformer], list[str]] | None]
 
 
 def sft_config(preset: str, model_config: ModelConfig, overrides: list[str], time_budget: str | None) -> TrainConfig:
@@ -69,8 +93,10 @@ def sft_overrides(config: TrainConfig, overrides: list[str], model_config: Model
     micro_batch conversations each, whatever seq_len and micro_batch become, unless batch_tokens is set."""
     updated = apply_overrides(config, overrides)
     if replace(updated.model, dropout=model_config.dropout) != model_config:
-        raise UserError("fine-tuning keeps the pretrained model's shape; drop the model.* settings "
-                        "from --set (model.dropout may change)")
+        raise UserError(
+            "fine-tuning keeps the pretrained model's shape; drop the model.* settings "
+            "from --set (model.dropout may change)"
+        )
     if updated.micro_batch < 1:
         raise UserError("fine-tuning needs micro_batch set to a number of conversations (--set micro_batch=16)")
     if not any(item.partition("=")[0].strip() == "batch_tokens" for item in overrides):
@@ -81,8 +107,15 @@ def sft_overrides(config: TrainConfig, overrides: list[str], model_config: Model
 class Finetuning:
     name = "sft"
 
-    def __init__(self, run_dir: RunDir, mixture: SFTMixture, base: Path, base_id: str | None, resume: bool,
-                 sampler: SamplerFactory | None = None):
+    def __init__(
+        self,
+        run_dir: RunDir,
+        mixture: SFTMixture,
+        base: Path,
+        base_id: str | None,
+        resume: bool,
+        sampler: SamplerFactory | None = None,
+    ):
         self.run_dir, self.mixture, self.base, self.base_id = run_dir, mixture, base, base_id
         self.resume, self.sampler = resume, sampler
 
@@ -101,14 +134,22 @@ class Finetuning:
         model.grad_checkpointing = config.grad_checkpointing
         if not self.resume:
             checkpoints.load_weights(self.base, model)
-        loader = SFTLoader(data.train, config.seq_len, config.micro_batch, config.seed,
-                           pad_id=template.end_of_turn_id, device=device, rank=dist.rank, world=dist.world,
-                           fingerprint=data.fingerprint)
+        loader = SFTLoader(
+            data.train,
+            config.seq_len,
+            config.micro_batch,
+            config.seed,
+            pad_id=template.end_of_turn_id,
+            device=device,
+            rank=dist.rank,
+            world=dist.world,
+            fingerprint=data.fingerprint,
+        )
         evaluate = None
         if data.held_out:
             batches = eval_batches(data.held_out, config.micro_batch, template.end_of_turn_id, device)
 
-            def evaluate(model: torch.nn.Module) -> dict:
+            def evaluate(model: Transformer) -> dict:
                 """The loss on what the assistant says in the held-out conversations (each trained token once)."""
                 return {"val_loss": mean_loss(model, batches)}
 
@@ -116,22 +157,30 @@ class Finetuning:
         hooks = Hooks(
             evaluate=evaluate,
             sample=self.sampler(template, config, mixture.persona) if self.sampler else None,
-            checkpoint_state={"tokenizer_hash": tokenizer_hash(self.run_dir.tokenizer),
-                              "persona": mixture.persona.to_dict(), "base_checkpoint": base_name,
-                              "base_id": self.base_id, "sft_mixture": mixture.to_dict()},
+            checkpoint_state={
+                "tokenizer_hash": tokenizer_hash(self.run_dir.tokenizer),
+                "persona": mixture.persona.to_dict(),
+                "base_checkpoint": base_name,
+                "base_id": self.base_id,
+                "sft_mixture": mixture.to_dict(),
+            },
         )
 
         def describe(trainer: Trainer) -> list[str]:
             processes = f" x {dist.world} processes" if dist.active else ""
             budget = config.time_budget and trainer.total_steps is None
-            return [f"fine-tuning {base_name} as {mixture.persona.name}: {model.num_params():,} parameters, "
-                    f"{config.micro_batch * trainer.grad_accum * dist.world} conversations per step{processes}, "
-                    f"lr {config.lr:g}; {precision.describe()}"
-                    + (f"; time budget {config.time_budget:.0f} s" if budget else "")]
+            return [
+                f"fine-tuning {base_name} as {mixture.persona.name}: {model.num_params():,} parameters, "
+                f"{config.micro_batch * trainer.grad_accum * dist.world} conversations per step{processes}, "
+                f"lr {config.lr:g}; {precision.describe()}"
+                + (f"; time budget {config.time_budget:.0f} s" if budget else "")
+            ]
 
         def finished(trainer: Trainer) -> str | None:
             e = trainer.last_eval
-            return e and f"held-out loss after {trainer.step} steps of fine-tuning: {e['val_loss']:.4f}"
+            return (
+                None if e is None else f"held-out loss after {trainer.step} steps of fine-tuning: {e['val_loss']:.4f}"
+            )
 
         record = {**config.to_dict(), "base_checkpoint": base_name, "mixture": mixture.to_dict()}
         return StageParts(model, loader, hooks, record=record, describe=describe, finished=finished)

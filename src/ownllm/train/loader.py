@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ownllm.run.token_shards import TokenSplit
 from ownllm.core.errors import UserError
+from ownllm.run.token_shards import TokenSplit
 
 
 class TokenStream:
@@ -73,7 +73,8 @@ class BatchLoader:
                 f"lower seq_len or add text"
             )
         self.batches = 0  # batches consumed by every rank so far: the whole resumable state
-        self._epoch, self._permutation, self._shift = -1, None, 0
+        self._epoch, self._shift = -1, 0
+        self._permutation: np.ndarray | None = None
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets, each (batch_size, seq_len) int64, on the loader's device."""
@@ -92,14 +93,21 @@ class BatchLoader:
                 rng = np.random.default_rng([self.seed, epoch])
                 self._epoch, self._permutation = epoch, rng.permutation(self.windows_per_epoch)
                 self._shift = int(rng.integers(0, self.seq_len))
+            assert self._permutation is not None
             start = self._shift + int(self._permutation[index]) * self.seq_len
         else:
             start = index * self.seq_len
         return self.stream.read(start, start + self.seq_len + 1)
 
     def state_dict(self) -> dict:
-        return {"batches": self.batches, "seq_len": self.seq_len, "batch_size": self.batch_size,
-                "seed": self.seed, "order": self.order, "world": self.world}
+        return {
+            "batches": self.batches,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "order": self.order,
+            "world": self.world,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue after the windows `state` consumed, with this loader's batch size and number of processes."""

@@ -29,8 +29,9 @@ from ownllm.model.config import ModelConfig
 WORKSPACE = 256 * 2**20
 
 
-def training_bytes(m: ModelConfig, n_params: int, micro_batch: int, seq_len: int, grad_checkpointing: bool,
-                   shards: int = 1) -> int:
+def training_bytes(
+    m: ModelConfig, n_params: int, micro_batch: int, seq_len: int, grad_checkpointing: bool, shards: int = 1
+) -> int:
     """Estimated bytes one process needs to train with this micro-batch."""
     tokens = micro_batch * seq_len
     if grad_checkpointing:
@@ -55,8 +56,15 @@ def candidates(rows_per_step: int) -> list[int]:
     return sizes
 
 
-def largest_fitting(m: ModelConfig, n_params: int, rows_per_step: int, seq_len: int, grad_checkpointing: bool,
-                    budget: int, shards: int = 1) -> int:
+def largest_fitting(
+    m: ModelConfig,
+    n_params: int,
+    rows_per_step: int,
+    seq_len: int,
+    grad_checkpointing: bool,
+    budget: int,
+    shards: int = 1,
+) -> int:
     """The largest candidate micro-batch whose estimate fits in `budget` bytes; a one-line error when none does."""
     for size in candidates(rows_per_step):
         if training_bytes(m, n_params, size, seq_len, grad_checkpointing, shards) <= budget:
@@ -88,11 +96,19 @@ def auto_micro_batch(config, model: torch.nn.Module, precision, dist) -> int:
         # Sharded: a trial forward needs every rank in step, and one rank running out of memory
         # mid-pass would leave the others waiting; estimate against the free memory instead.
         free, _total = torch.cuda.mem_get_info(precision.device)
-        size = largest_fitting(config.model, n_params, rows, config.seq_len, config.grad_checkpointing,
-                               int(0.9 * free), shards)
+        size = largest_fitting(
+            config.model, n_params, rows, config.seq_len, config.grad_checkpointing, int(0.9 * free), shards
+        )
     else:
-        size = largest_fitting(config.model, n_params, rows, config.seq_len, config.grad_checkpointing,
-                               cpu_budget(dist.local_world), shards)
+        size = largest_fitting(
+            config.model,
+            n_params,
+            rows,
+            config.seq_len,
+            config.grad_checkpointing,
+            cpu_budget(dist.local_world),
+            shards,
+        )
     return dist.min(size)
 
 

@@ -9,12 +9,10 @@ with the engine; this package sits below inference).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import torch
-
-from ownllm.core.device import Precision
 from ownllm.core.bpb import bits_per_byte, perplexity
+from ownllm.core.device import Precision
 from ownllm.model import Transformer
 from ownllm.run.token_shards import TokenShards
 from ownllm.train.config import TrainConfig
@@ -24,7 +22,7 @@ from ownllm.train.memory import auto_micro_batch
 from ownllm.train.runner import StageParts, mean_loss
 from ownllm.train.trainer import Hooks, Trainer
 
-SamplerFactory = Callable[[TrainConfig], Callable[[torch.nn.Module], list[str]] | None]
+SamplerFactory = Callable[[TrainConfig], Callable[[Transformer], list[str]] | None]
 
 
 class Pretraining:
@@ -39,30 +37,52 @@ class Pretraining:
         if config.micro_batch == 0:
             config.micro_batch = auto_micro_batch(config, model, precision, dist)
         train_split, val_split = self.shards.split("train"), self.shards.split("val")
-        loader = BatchLoader(train_split, config.seq_len, config.micro_batch, config.seed, config.data_order,
-                             dist.device, rank=dist.rank, world=dist.world)
+        loader = BatchLoader(
+            train_split,
+            config.seq_len,
+            config.micro_batch,
+            config.seed,
+            config.data_order,
+            dist.device,
+            rank=dist.rank,
+            world=dist.world,
+        )
         batches = eval_batches(val_split, config.seq_len, config.micro_batch, config.eval_tokens, dist.device)
 
-        def evaluate(model: torch.nn.Module) -> dict:
+        def evaluate(model: Transformer) -> dict:
             """Bits per byte use the whole split's bytes per token; the windows are a sample of it."""
             loss = mean_loss(model, batches)
-            return {"val_loss": loss, "val_ppl": perplexity(loss),
-                    "val_bpb": bits_per_byte(loss, val_split.tokens, val_split.bytes)}
+            return {
+                "val_loss": loss,
+                "val_ppl": perplexity(loss),
+                "val_bpb": bits_per_byte(loss, val_split.tokens, val_split.bytes),
+            }
 
         def describe(trainer: Trainer) -> list[str]:
             processes = f" x {dist.world} processes ({trainer.parallelism})" if dist.active else ""
             budget = config.time_budget and trainer.total_steps is None
-            return [f"model: {model.num_params():,} parameters, {config.model.n_layers} layers x "
-                    f"{config.model.d_model} wide, vocabulary {config.model.vocab_size}; {precision.describe()}",
-                    f"batch: {config.batch_tokens:,} tokens per step ({config.micro_batch} x {config.seq_len} x "
-                    f"{trainer.grad_accum} accumulated{processes}); training split {train_split.tokens:,} tokens"
-                    + (f"; time budget {config.time_budget:.0f} s" if budget else "")]
+            return [
+                f"model: {model.num_params():,} parameters, {config.model.n_layers} layers x "
+                f"{config.model.d_model} wide, vocabulary {config.model.vocab_size}; {precision.describe()}",
+                f"batch: {config.batch_tokens:,} tokens per step ({config.micro_batch} x {config.seq_len} x "
+                f"{trainer.grad_accum} accumulated{processes}); training split {train_split.tokens:,} tokens"
+                + (f"; time budget {config.time_budget:.0f} s" if budget else ""),
+            ]
 
         def finished(trainer: Trainer) -> str | None:
             e = trainer.last_eval
-            return e and (f"validation after {trainer.step} steps: loss {e['val_loss']:.4f}, perplexity "
-                          f"{e['val_ppl']:.2f}, {e['val_bpb']:.4f} bits per byte")
+            return (
+                None
+                if e is None
+                else (
+                    f"validation after {trainer.step} steps: loss {e['val_loss']:.4f}, perplexity "
+                    f"{e['val_ppl']:.2f}, {e['val_bpb']:.4f} bits per byte"
+                )
+            )
 
-        hooks = Hooks(evaluate=evaluate, sample=self.sampler(config) if self.sampler else None,
-                      checkpoint_state={"tokenizer_hash": self.shards.meta["tokenizer_hash"]})
+        hooks = Hooks(
+            evaluate=evaluate,
+            sample=self.sampler(config) if self.sampler else None,
+            checkpoint_state={"tokenizer_hash": self.shards.meta["tokenizer_hash"]},
+        )
         return StageParts(model, loader, hooks, record=config.to_dict(), describe=describe, finished=finished)

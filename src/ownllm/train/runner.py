@@ -21,20 +21,22 @@ prompts and padding in fine-tuning, do not count).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
 from ownllm.core.console import say
 from ownllm.core.device import Precision
 from ownllm.core.errors import UserError
+from ownllm.model import Transformer
 from ownllm.model.loss import IGNORE_INDEX
 from ownllm.run import RunDir, checkpoints
 from ownllm.train import distributed
 from ownllm.train.config import TrainConfig
 from ownllm.train.distributed import Distributed
-from ownllm.train.trainer import Hooks, Trainer
+from ownllm.train.trainer import Batches, Hooks, Trainer
 
 
 @dataclass
@@ -70,8 +72,8 @@ def check_start(run_dir: RunDir, stage: str, resume: bool, restart: bool, time_b
 class StageParts:
     """What a stage gives the runner: the model to train, its batches and hooks, and what to say."""
 
-    model: torch.nn.Module
-    loader: object  # next_batch(), state_dict(), load_state_dict(): train.loader.BatchLoader or alike
+    model: Transformer
+    loader: Batches  # train.loader.BatchLoader or alike
     hooks: Hooks
     record: dict  # the stage's section of config.toml
     describe: Callable[[Trainer], list[str]] = field(default=lambda trainer: [])  # lines said before training
@@ -95,8 +97,16 @@ def run_stage(stage: TrainingStage, run_dir: RunDir, config: TrainConfig, start:
         precision = dist.precision(config.dtype)
         torch.manual_seed(config.seed)
         parts = stage.build(config, dist, precision)
-        trainer = Trainer(stage=stage.name, run=run_dir, config=config, model=parts.model, loader=parts.loader,
-                          precision=precision, hooks=parts.hooks, dist=dist)
+        trainer = Trainer(
+            stage=stage.name,
+            run=run_dir,
+            config=config,
+            model=parts.model,
+            loader=parts.loader,
+            precision=precision,
+            hooks=parts.hooks,
+            dist=dist,
+        )
         if dist.is_main:
             run_dir.record_config(stage.name, parts.record)
         if start.resume:
@@ -108,9 +118,9 @@ def run_stage(stage: TrainingStage, run_dir: RunDir, config: TrainConfig, start:
                 say(line)
         status = trainer.fit()
         if status == 0 and dist.is_main:
-            line = parts.finished(trainer)
-            if line:
-                print(line)
+            last_line = parts.finished(trainer)
+            if last_line:
+                print(last_line)
         return status
 
 

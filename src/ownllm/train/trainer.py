@@ -30,9 +30,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Protocol
 
 import torch
 from torch.distributed.fsdp import fully_shard
@@ -41,13 +42,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ownllm.core.console import progress, say
-from ownllm.core.errors import UserError
-from ownllm.run import RunDir
-from ownllm.run import checkpoints
-from ownllm.train.config import TrainConfig
 from ownllm.core.device import Precision
+from ownllm.core.errors import UserError
+from ownllm.model import Transformer
+from ownllm.run import RunDir, checkpoints
+from ownllm.train.config import TrainConfig
 from ownllm.train.distributed import Distributed
-from ownllm.train.loader import BatchLoader
 from ownllm.train.memory import cpu_budget, training_bytes
 from ownllm.train.optim import build_optimizer, set_lr
 from ownllm.train.schedule import lr_at
@@ -63,9 +63,19 @@ class TrainingDiverged(UserError):
 class Hooks:
     """What a stage plugs into the loop. Each receives the model (in eval mode while it runs)."""
 
-    evaluate: Callable[[torch.nn.Module], dict] | None = None  # -> {"val_loss": ..., ...}
-    sample: Callable[[torch.nn.Module], list[str]] | None = None  # -> a few generated texts
+    evaluate: Callable[[Transformer], dict] | None = None  # -> {"val_loss": ..., ...}
+    sample: Callable[[Transformer], list[str]] | None = None  # -> a few generated texts
     checkpoint_state: dict | None = None  # extra facts saved with every checkpoint (e.g. tokenizer hash)
+
+
+class Batches(Protocol):
+    """What the loop reads batches from (train.loader.BatchLoader, chatformat.sft_data.SFTLoader)."""
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class Trainer:
@@ -75,8 +85,8 @@ class Trainer:
         stage: str,
         run: RunDir,
         config: TrainConfig,
-        model: torch.nn.Module,
-        loader: BatchLoader,
+        model: Transformer,
+        loader: Batches,
         precision: Precision,
         hooks: Hooks | None = None,
         dist: Distributed | None = None,
@@ -110,7 +120,7 @@ class Trainer:
         self.started = time.perf_counter()
         self._signal_received: int | None = None  # by this process
         self._stop_signal: int | None = None  # agreed by all processes at the end of a step
-        self._bar = None
+        self._bar: Any = None  # the progress bar while fit() runs
         self._step_seconds: list[float] = []
         self._eval_seconds = 0.0
 
@@ -118,9 +128,11 @@ class Trainer:
         """DDP around the model, or FSDP2 shards of it in place (then None), or nothing for one process."""
         if self.sharded:
             if self.precision.dtype == torch.float16:
-                raise UserError("fsdp=true with fp16 is not supported (each process's gradient scaler would decide "
-                                "alone whether to skip a step); use dtype=bf16 or fsdp=false")
-            for block in model.blocks:  # each block gathers its weights just before it runs, then frees them
+                raise UserError(
+                    "fsdp=true with fp16 is not supported (each process's gradient scaler would decide "
+                    "alone whether to skip a step); use dtype=bf16 or fsdp=false"
+                )
+            for block in model.blocks:  # type: ignore[union-attr]  # each block gathers its weights just before it runs, then frees them
                 fully_shard(block)
             fully_shard(model)
             return None
@@ -155,8 +167,10 @@ class Trainer:
         self._say(f"resuming from {path} (step {self.step} of {self.total_steps or 'a time-budget plan'})")
         if saved_world != self.dist.world:
             # The loader continues at the same window; steps hold the same windows for any number of processes.
-            self._say(f"the checkpoint was written by {saved_world} processes and {self.dist.world} continue it: "
-                      f"the same data in the same order, gradients summed in another order (float rounding)")
+            self._say(
+                f"the checkpoint was written by {saved_world} processes and {self.dist.world} continue it: "
+                f"the same data in the same order, gradients summed in another order (float rounding)"
+            )
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -164,23 +178,35 @@ class Trainer:
         """Train until total_steps; return the exit status (0, or 130/143 when interrupted)."""
         cfg = self.config
         self.started = time.perf_counter()
-        train_model = self.ddp or self.model
+        train_model: Any = self.ddp or self.model
         if cfg.compile:
             train_model = torch.compile(train_model)
         self.model.train()
         if self.total_steps is not None and self.step >= self.total_steps:
             self._say(f"already trained {self.step} steps; to continue, resume with --set steps=N (N > {self.step})")
             return 0
-        self._log({"event": "start" if self.step == 0 else "continue", "total_steps": self.total_steps,
-                   "flops_per_token": self.flops_per_token, "precision": self.precision.describe(),
-                   "world": self.dist.world, "parallel": self.parallelism, "micro_batch": cfg.micro_batch,
-                   "grad_accum": self.grad_accum})
+        self._log(
+            {
+                "event": "start" if self.step == 0 else "continue",
+                "total_steps": self.total_steps,
+                "flops_per_token": self.flops_per_token,
+                "precision": self.precision.describe(),
+                "world": self.dist.world,
+                "parallel": self.parallelism,
+                "micro_batch": cfg.micro_batch,
+                "grad_accum": self.grad_accum,
+            }
+        )
         if self.sharded and self.hooks.sample is not None and self.dist.is_main:
-            self._say("no samples during FSDP training (generation from sharded weights would need every process "
-                      "in lock-step); sample from a checkpoint with `ownllm sample`")
+            self._say(
+                "no samples during FSDP training (generation from sharded weights would need every process "
+                "in lock-step); sample from a checkpoint with `ownllm sample`"
+            )
         bar = progress if self.dist.is_main else _no_progress
-        with self._signals_caught(), bar(total=self.total_steps, initial=self.step, unit="step",
-                                         desc=self.stage) as self._bar:
+        with (
+            self._signals_caught(),
+            bar(total=self.total_steps, initial=self.step, unit="step", desc=self.stage) as self._bar,
+        ):
             if self.step == 0:
                 self._evaluate()
             self._plan_mark = (self.step, self.elapsed)
@@ -200,8 +226,10 @@ class Trainer:
                 if self._stop_signal and not last:
                     return self._interrupted()
         self._log({"event": "done", "step": self.step, "elapsed": round(self.elapsed, 3)})
-        self._say(f"trained {self.step} steps ({self.tokens:,} tokens) in {_clock(self.elapsed)}; "
-                  f"checkpoint {self.last_checkpoint}")
+        self._say(
+            f"trained {self.step} steps ({self.tokens:,} tokens) in {_clock(self.elapsed)}; "
+            f"checkpoint {self.last_checkpoint}"
+        )
         return 0
 
     @property
@@ -211,8 +239,15 @@ class Trainer:
     def _train_step(self, train_model: torch.nn.Module) -> None:
         cfg = self.config
         # Before a time-budget plan exists the run is in warm-up, whose rates do not depend on the total.
-        lr = lr_at(self.step, self.total_steps or 10**9, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.schedule,
-                   cfg.decay_fraction)
+        lr = lr_at(
+            self.step,
+            self.total_steps or 10**9,
+            cfg.lr,
+            cfg.warmup_steps,
+            cfg.min_lr_ratio,
+            cfg.schedule,
+            cfg.decay_fraction,
+        )
         set_lr(self.optimizer, lr)
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=self.precision.device)
@@ -237,13 +272,15 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = grad_norm.item()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        if isinstance(norm, DTensor):  # FSDP: the norm over every shard
+            norm = norm.full_tensor()
+        grad_norm = norm.item()
         if not math.isfinite(loss_value) or (self.scaler is None and not math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+            kept = (
+                f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+            )
             raise TrainingDiverged(
                 f"training diverged: the {what} became {loss_value if what == 'loss' else grad_norm} at step "
                 f"{self.step + 1}; {kept}; try a lower lr (resume with --resume --set lr=...)"
@@ -261,16 +298,25 @@ class Trainer:
         tok_per_s = cfg.batch_tokens / seconds
         mfu = self.flops_per_token * tok_per_s / (self.precision.peak_flops * self.dist.world)
         if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-            self._log({"step": self.step, "tokens": self.tokens, "loss": loss_value, "lr": lr,
-                       "grad_norm": round(grad_norm, 5), "tok_per_s": round(tok_per_s, 1), "mfu": round(mfu, 4),
-                       "elapsed": round(self.elapsed, 3)})
+            self._log(
+                {
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    "loss": loss_value,
+                    "lr": lr,
+                    "grad_norm": round(grad_norm, 5),
+                    "tok_per_s": round(tok_per_s, 1),
+                    "mfu": round(mfu, 4),
+                    "elapsed": round(self.elapsed, 3),
+                }
+            )
         self._bar.set_postfix_str(f"loss {loss_value:.3f} | {tok_per_s:,.0f} tok/s | MFU {mfu:.1%}", refresh=False)
         self._bar.update(1)
 
     def _gradient_sync(self, sync: bool):
         """Exchange gradients only in the backward pass of an accumulation's last micro-batch."""
         if self.sharded:
-            self.model.set_requires_gradient_sync(sync)
+            self.model.set_requires_gradient_sync(sync)  # type: ignore[operator]  # added by fully_shard
         elif self.ddp is not None and not sync:
             return self.ddp.no_sync()
         return contextlib.nullcontext()
@@ -285,8 +331,9 @@ class Trainer:
             loss = loss_sum.item()
             received = {self._signal_received} if self._signal_received else set()
         else:
-            total, interrupts, terminations = self.dist.sum([
-                loss_sum.item(), self._signal_received == signal.SIGINT, self._signal_received == signal.SIGTERM])
+            total, interrupts, terminations = self.dist.sum(
+                [loss_sum.item(), self._signal_received == signal.SIGINT, self._signal_received == signal.SIGTERM]
+            )
             loss = total / self.dist.world
             received = {s for s, n in ((signal.SIGINT, interrupts), (signal.SIGTERM, terminations)) if n}
         if received and self._stop_signal is None:
@@ -310,11 +357,20 @@ class Trainer:
         self.total_steps = self.dist.from_main(max(self.step, self.step + int(remaining / per_step)))
         self._bar.total = self.total_steps
         self._bar.refresh()
-        self._log({"event": "plan", "step": self.step, "total_steps": self.total_steps,
-                   "step_seconds": round(step_seconds, 4), "eval_seconds": round(self._eval_seconds, 3),
-                   "time_budget": cfg.time_budget})
-        self._say(f"time budget {_clock(cfg.time_budget)}: {step_seconds:.2f} s per step measured, "
-                  f"planning {self.total_steps} steps")
+        self._log(
+            {
+                "event": "plan",
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "step_seconds": round(step_seconds, 4),
+                "eval_seconds": round(self._eval_seconds, 3),
+                "time_budget": cfg.time_budget,
+            }
+        )
+        self._say(
+            f"time budget {_clock(cfg.time_budget)}: {step_seconds:.2f} s per step measured, "
+            f"planning {self.total_steps} steps"
+        )
         self._plan_mark = (self.step, self.elapsed)
 
     def _replan_from_wall_clock(self) -> None:
@@ -328,14 +384,17 @@ class Trainer:
         if not cfg.time_budget or self.total_steps is None or self.step >= 0.9 * self.total_steps:
             return
         mark_step, mark_elapsed = self._plan_mark
-        new_total = replanned_total_steps(self.step, self.total_steps, self.elapsed, mark_step, mark_elapsed,
-                                          cfg.time_budget, self._eval_seconds)
+        new_total = replanned_total_steps(
+            self.step, self.total_steps, self.elapsed, mark_step, mark_elapsed, cfg.time_budget, self._eval_seconds
+        )
         new_total = self.dist.from_main(new_total)  # rank 0 measured the evaluations: its clock decides
         if new_total is None:
             return
         self._log({"event": "replan", "step": self.step, "total_steps": new_total, "was": self.total_steps})
-        self._say(f"time budget: the run is going at {(self.elapsed - mark_elapsed) / (self.step - mark_step):.2f} "
-                  f"s per step; now planning {new_total} steps instead of {self.total_steps}")
+        self._say(
+            f"time budget: the run is going at {(self.elapsed - mark_elapsed) / (self.step - mark_step):.2f} "
+            f"s per step; now planning {new_total} steps instead of {self.total_steps}"
+        )
         self.total_steps = new_total
         self._bar.total = new_total
         self._bar.refresh()
@@ -394,8 +453,9 @@ class Trainer:
                 "train_config": self.config.to_dict(),
                 **(self.hooks.checkpoint_state or {}),
             }
-            checkpoints.write_checkpoint(self.stage_dir, self.step, weights, optimizer_state, state, self.scaler,
-                                        self.config.keep_checkpoints)
+            checkpoints.write_checkpoint(
+                self.stage_dir, self.step, weights, optimizer_state, state, self.scaler, self.config.keep_checkpoints
+            )
         self.dist.barrier()
         self.last_checkpoint = self.stage_dir / checkpoints.step_name(self.step)
 
@@ -426,10 +486,13 @@ class Trainer:
         self._signal_received = signum
 
     def _interrupted(self) -> int:
+        assert self._stop_signal is not None
         self._log({"event": "interrupted", "step": self.step, "signal": signal.Signals(self._stop_signal).name})
-        self._say(f"interrupted at step {self.step}; checkpoint {self.last_checkpoint}; "
-                  f"continue with `ownllm {self.stage} --run {self.run.root} --resume`")
-        return EXIT_STATUS[self._stop_signal]
+        self._say(
+            f"interrupted at step {self.step}; checkpoint {self.last_checkpoint}; "
+            f"continue with `ownllm {self.stage} --run {self.run.root} --resume`"
+        )
+        return EXIT_STATUS[signal.Signals(self._stop_signal)]
 
     def _check_memory(self) -> None:
         """Refuse, before starting, a CPU run whose weights, optimizer and activations cannot fit in RAM."""
@@ -437,8 +500,9 @@ class Trainer:
             return  # on CUDA an out-of-memory error in the first step says the same, precisely
         cfg = self.config
         shards = self.dist.world if self.sharded else 1
-        needed = training_bytes(self.model.config, self.n_params, cfg.micro_batch, cfg.seq_len, cfg.grad_checkpointing,
-                                shards)
+        needed = training_bytes(
+            self.model.config, self.n_params, cfg.micro_batch, cfg.seq_len, cfg.grad_checkpointing, shards
+        )
         budget = cpu_budget(self.dist.local_world)  # the processes on this machine share its memory
         if needed > budget:
             each = " per process" if self.dist.local_world > 1 else ""
@@ -476,7 +540,13 @@ def _clock(seconds: float) -> str:
 
 
 def replanned_total_steps(
-    step: int, total: int, elapsed: float, mark_step: int, mark_elapsed: float, budget: float, eval_seconds: float,
+    step: int,
+    total: int,
+    elapsed: float,
+    mark_step: int,
+    mark_elapsed: float,
+    budget: float,
+    eval_seconds: float,
     tolerance: float = 0.02,
 ) -> int | None:
     """A new step count that ends a time-budget run on time, or None if the current one is within `tolerance`.

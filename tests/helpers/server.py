@@ -16,8 +16,8 @@ import dataclasses
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import uvicorn
 
@@ -34,7 +34,7 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(run_dir: Path, settings: ServerSettings = ServerSettings(), engine=None) -> Iterator[LiveServer]:
+def live_server(run_dir: Path, settings: ServerSettings = ServerSettings(), engine=None) -> Iterator[LiveServer]:  # noqa: B008
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

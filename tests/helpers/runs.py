@@ -16,7 +16,7 @@ import numpy as np
 from ownllm.cli import main
 from ownllm.run.token_shards import FORMAT, VERSION, TokenShardWriter, tokenizer_hash
 
-CORPUS = Path(__file__).resolve().parents[1] / "src" / "ownllm" / "resources" / "corpus"
+CORPUS = Path(__file__).resolve().parents[2] / "src" / "ownllm" / "resources" / "corpus"
 BYTE_EOT = 256
 
 
@@ -39,11 +39,26 @@ def story_documents(limit_bytes: int, skip_bytes: int = 0) -> list[str]:
     return [d.strip() for d in text.split("\n\n") if d.strip()]
 
 
-def write_token_shards(tokens_dir: Path, splits: dict[str, list[list[int]]], vocab_size: int, eot_id: int,
-                       texts: dict[str, list[str]], tok_hash: str, shard_tokens: int = 1 << 27) -> None:
+def write_token_shards(
+    tokens_dir: Path,
+    splits: dict[str, list[list[int]]],
+    vocab_size: int,
+    eot_id: int,
+    texts: dict[str, list[str]],
+    tok_hash: str,
+    shard_tokens: int = 1 << 27,
+) -> None:
     tokens_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "version": VERSION, "dtype": np.dtype("<u2").str, "vocab_size": vocab_size,
-            "eot_id": eot_id, "tokenizer_hash": tok_hash, "corpus_hash": "test-fixture", "splits": {}}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": np.dtype("<u2").str,
+        "vocab_size": vocab_size,
+        "eot_id": eot_id,
+        "tokenizer_hash": tok_hash,
+        "corpus_hash": "test-fixture",
+        "splits": {},
+    }
     for split, docs in splits.items():
         writer = TokenShardWriter(tokens_dir, split, vocab_size, shard_tokens=shard_tokens)
         for ids, text in zip(docs, texts[split]):
@@ -52,12 +67,15 @@ def write_token_shards(tokens_dir: Path, splits: dict[str, list[list[int]]], voc
     (tokens_dir / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
-def byte_level_run(root: Path, train_bytes: int = 120_000, val_bytes: int = 20_000, shard_tokens: int = 1 << 27) -> Path:
+def byte_level_run(
+    root: Path, train_bytes: int = 120_000, val_bytes: int = 20_000, shard_tokens: int = 1 << 27
+) -> Path:
     train, val = story_documents(train_bytes), story_documents(val_bytes, skip_bytes=train_bytes)
     texts = {"train": train, "val": val}
     ids = {split: [list(d.encode("utf-8")) for d in docs] for split, docs in texts.items()}
-    write_token_shards(root / "tokens", ids, vocab_size=257, eot_id=BYTE_EOT, texts=texts,
-                       tok_hash="bytes", shard_tokens=shard_tokens)
+    write_token_shards(
+        root / "tokens", ids, vocab_size=257, eot_id=BYTE_EOT, texts=texts, tok_hash="bytes", shard_tokens=shard_tokens
+    )
     return root
 
 
@@ -70,8 +88,9 @@ def bpe_run(root: Path, vocab_size: int = 400) -> Path:
     tokenizer.save(root / "tokenizer")
     texts = {"train": train, "val": val}
     ids = {split: [tokenizer.encode(d) for d in docs] for split, docs in texts.items()}
-    write_token_shards(root / "tokens", ids, tokenizer.vocab_size, tokenizer.eot_id, texts,
-                       tokenizer_hash(root / "tokenizer"))
+    write_token_shards(
+        root / "tokens", ids, tokenizer.vocab_size, tokenizer.eot_id, texts, tokenizer_hash(root / "tokenizer")
+    )
     return root
 
 
@@ -83,3 +102,24 @@ def metrics(run: Path) -> list[dict]:
 def step_losses(run: Path) -> dict[int, float]:
     """The loss of every training step, the last record winning (a resumed run repeats some steps)."""
     return {r["step"]: r["loss"] for r in metrics(run) if "loss" in r}
+
+
+# Fine-tuning settings of a few seconds on a tiny pretrained run (tests of `ownllm sft`).
+SFT = [
+    "--preset",
+    "tiny",
+    "--set",
+    "threads=1",
+    "--set",
+    "dtype=fp32",
+    "--set",
+    "sft.generated=160",
+    "--set",
+    "sft.bundled.oasst=0",
+    "--set",
+    "sft.bundled.dolly=0",
+    "--set",
+    "sft.bundled.chatterbot=16",
+    "--set",
+    "sft.held_out=0.1",
+]

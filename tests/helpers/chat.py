@@ -1,6 +1,6 @@
 """A tiny trained chat run for tests of everything that talks: the reply loop, `ownllm chat`, the server.
 
-    from chat_fixtures import tiny_chat_run, CONVERSATIONS, SYSTEM
+    from helpers.chat import tiny_chat_run, CONVERSATIONS, SYSTEM
     run = tiny_chat_run(tmp_path_factory)          # built once per test session (5-10 s), then shared
     engine = Engine.load(run)                       # tokenizer/ and checkpoints/sft/ are there
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import torch_threads
 
+from helpers import torch_threads
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import IGNORE_INDEX, ChatTemplate
 
@@ -39,25 +39,33 @@ GREETING, GREETING_REPLY = "Hello", "Hi! I am Pip."
 SONG_REQUEST = "Sing"
 
 CONVERSATIONS = [
-    [{"role": "system", "content": SYSTEM},
-     {"role": "user", "content": TOOL_QUESTION},
-     {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
-     {"role": "tool", "content": "84"},
-     {"role": "assistant", "content": TOOL_ANSWER}],
-    [{"role": "system", "content": SYSTEM},
-     {"role": "user", "content": GREETING},
-     {"role": "assistant", "content": GREETING_REPLY}],
-    [{"role": "system", "content": SYSTEM},
-     {"role": "user", "content": SONG_REQUEST},
-     {"role": "assistant", "content": "la " * 200}],  # cut to the window: the model never sees it end
+    [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": TOOL_QUESTION},
+        {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
+        {"role": "tool", "content": "84"},
+        {"role": "assistant", "content": TOOL_ANSWER},
+    ],
+    [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": GREETING},
+        {"role": "assistant", "content": GREETING_REPLY},
+    ],
+    [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": SONG_REQUEST},
+        {"role": "assistant", "content": "la " * 200},
+    ],  # cut to the window: the model never sees it end
     # Two turns: the song after the calculator exchange.
-    [{"role": "system", "content": SYSTEM},
-     {"role": "user", "content": TOOL_QUESTION},
-     {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
-     {"role": "tool", "content": "84"},
-     {"role": "assistant", "content": TOOL_ANSWER},
-     {"role": "user", "content": SONG_REQUEST},
-     {"role": "assistant", "content": "la " * 200}],
+    [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": TOOL_QUESTION},
+        {"role": "assistant", "content": "", "tool_call": {"name": "calculator", "arguments": "12 * 7"}},
+        {"role": "tool", "content": "84"},
+        {"role": "assistant", "content": TOOL_ANSWER},
+        {"role": "user", "content": SONG_REQUEST},
+        {"role": "assistant", "content": "la " * 200},
+    ],
 ]
 
 _built: dict[Path, Path] = {}
@@ -101,14 +109,13 @@ class ConversationBatches:
 
 
 def _build(root: Path, steps: int) -> Path:
-    from test_train_helpers import story_documents
-
-    from ownllm.run.token_shards import tokenizer_hash
+    from helpers.runs import story_documents
+    from ownllm.core.device import Precision
     from ownllm.model import ModelConfig, Transformer
     from ownllm.run import RunDir
+    from ownllm.run.token_shards import tokenizer_hash
     from ownllm.tokenizer import train_bpe
     from ownllm.train.config import TrainConfig
-    from ownllm.core.device import Precision
     from ownllm.train.trainer import Hooks, Trainer
 
     texts = story_documents(20_000) + [m["content"] for c in CONVERSATIONS for m in c]
@@ -117,16 +124,37 @@ def _build(root: Path, steps: int) -> Path:
     template = ChatTemplate(tokenizer)
     loader = ConversationBatches(template, CONVERSATIONS, SEQ_LEN)
     rows = len(CONVERSATIONS)
-    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, n_layers=2, d_model=64, n_heads=4,
-                               max_seq_len=CONTEXT)
-    config = TrainConfig(model=model_config, seq_len=SEQ_LEN, micro_batch=rows, batch_tokens=rows * SEQ_LEN,
-                         steps=steps, lr=3e-3, warmup_steps=10, weight_decay=0.0, eval_every=0, sample_every=0,
-                         checkpoint_every=0, keep_checkpoints=1, log_every=50, device="cpu", dtype="fp32").validate()
+    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, n_layers=2, d_model=64, n_heads=4, max_seq_len=CONTEXT)
+    config = TrainConfig(
+        model=model_config,
+        seq_len=SEQ_LEN,
+        micro_batch=rows,
+        batch_tokens=rows * SEQ_LEN,
+        steps=steps,
+        lr=3e-3,
+        warmup_steps=10,
+        weight_decay=0.0,
+        eval_every=0,
+        sample_every=0,
+        checkpoint_every=0,
+        keep_checkpoints=1,
+        log_every=50,
+        device="cpu",
+        dtype="fp32",
+    ).validate()
     torch.manual_seed(0)
     model = Transformer(model_config)
     precision = Precision(torch.device("cpu"), torch.float32, peak_flops=1e11, peak_source="test fixture")
     with torch_threads(1):
-        Trainer(stage="sft", run=RunDir.open(root), config=config, model=model, loader=loader, precision=precision,
-                hooks=Hooks(checkpoint_state={"tokenizer_hash": tokenizer_hash(root / "tokenizer"),
-                                              "persona": PERSONA.to_dict()})).fit()
+        Trainer(
+            stage="sft",
+            run=RunDir.open(root),
+            config=config,
+            model=model,
+            loader=loader,
+            precision=precision,
+            hooks=Hooks(
+                checkpoint_state={"tokenizer_hash": tokenizer_hash(root / "tokenizer"), "persona": PERSONA.to_dict()}
+            ),
+        ).fit()
     return root
