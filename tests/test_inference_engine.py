@@ -493,3 +493,24 @@ def test_the_scheduler_thread_leaves_ctrl_c_to_the_main_thread(engine):
     blocked = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
     for sig in (signal.SIGINT, signal.SIGTERM):
         assert blocked & (1 << (sig - 1)), f"{sig.name} is not blocked in the scheduler thread"
+
+
+def test_the_model_runs_under_the_autocast_the_engine_is_given(model):
+    """Training samples run in the training's precision: autocast is per thread, so the engine's own thread
+    must enter it (the trainer's autocast around the sampling hook does not reach the scheduler)."""
+    seen: list = []
+
+    class Recording(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, *args, **kwargs):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return self.inner(*args, **kwargs)
+
+    for autocast in (torch.bfloat16, None):
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.float16), Engine(Recording(model), BYTES, autocast=autocast) as engine:
+            engine.generate([1], SamplingParams(temperature=0, max_tokens=3))  # the caller's autocast stays here
+        assert seen and set(seen) == {autocast}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ownllm.commands.common import add_training_arguments
 from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine, SamplingParams
@@ -49,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
         start = check_start(run_dir, Pretraining.name, args.resume, args.restart, args.time_budget)
     config.model.vocab_size = shards.vocab_size
     config.validate()
-    return run_stage(Pretraining(shards, sampler=lambda config: make_sampler(run_dir, config)), run_dir, config, start)
+    stage = Pretraining(shards, sampler=lambda config, autocast: make_sampler(run_dir, config, autocast))
+    return run_stage(stage, run_dir, config, start)
 
 
-def make_sampler(run_dir: RunDir, config: TrainConfig):
+def make_sampler(run_dir: RunDir, config: TrainConfig, autocast: torch.dtype | None = None):
     """Continuations of the configured prompts, or None when no matching tokenizer is available.
 
     Each call decodes all prompts together in a fresh engine on the training model (the cache
@@ -69,7 +72,7 @@ def make_sampler(run_dir: RunDir, config: TrainConfig):
     ]
 
     def sample(model: Transformer) -> list[str]:
-        with Engine(model, tokenizer, max_slots=max(1, len(prompts))) as engine:
+        with Engine(model, tokenizer, max_slots=max(1, len(prompts)), autocast=autocast) as engine:
             completions = engine.generate_batch(prompts, params)
         return [prompt + c.text for prompt, c in zip(config.prompts, completions)]
 

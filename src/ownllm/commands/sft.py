@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from ownllm.assistant.reply import reply
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.sft_data import SFTMixture, load_mixture
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     return run_stage(stage, run_dir, config, start)
 
 
-def make_sampler(template: ChatTemplate, config: TrainConfig, persona: Persona):
+def make_sampler(template: ChatTemplate, config: TrainConfig, persona: Persona, autocast: torch.dtype | None = None):
     """Greedy replies to fixed questions, with the persona's system prompt, the calculator run for real:
     what `ownllm chat` would answer (the same engine and reply loop), one line each."""
     if not config.sample_every:
@@ -112,7 +114,7 @@ def make_sampler(template: ChatTemplate, config: TrainConfig, persona: Persona):
 
     def sample(model: Transformer) -> list[str]:
         texts = []
-        with Engine(model, template.tokenizer, max_slots=1, stop_ids=template.stop_ids) as engine:
+        with Engine(model, template.tokenizer, max_slots=1, stop_ids=template.stop_ids, autocast=autocast) as engine:
             for question in config.prompts:
                 conversation = [
                     {"role": "system", "content": persona.system_prompt()},

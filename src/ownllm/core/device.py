@@ -62,6 +62,11 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype of autocast regions, None for fp32 (no autocast): what another thread needs to run alike."""
+        return None if self.dtype == torch.float32 else self.dtype
+
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 

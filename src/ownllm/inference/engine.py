@@ -38,6 +38,7 @@ import queue
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,11 +172,14 @@ class Engine:
         max_queue: int = 64,
         stop_ids: frozenset[int] | None = None,
         decode: str = "auto",
+        autocast: torch.dtype | None = None,
     ):
         """model in eval mode on its device; stop_ids: default stop tokens (None: {tokenizer.eot_id}).
 
         decode: "graphs" (CUDA graphs), "plain" (one PyTorch call per step), "static" (the graphs'
         fixed-shape step without capture, for tests), or "auto" (graphs on CUDA, else plain).
+        autocast: run the model under autocast to this dtype (the training samples run in the
+        training's precision: autocast is per thread, and the scheduler is a thread of its own).
         """
         if decode not in DECODE_MODES:
             raise ValueError(f"decode={decode!r}; expected one of {DECODE_MODES}")
@@ -194,6 +198,7 @@ class Engine:
         if decode == "auto":
             decode = "graphs" if self.device.type == "cuda" else "plain"
         self.decode = decode
+        self.autocast = autocast
         self.resolved: ResolvedModel | None = None  # which checkpoint, when made by Engine.load
         self._static: StaticDecoder | None = None  # the scheduler's, with the cache, for decode != "plain"
         self._vocab = tokenizer.vocab_size  # logits past the tokenizer's vocabulary (padding) are never sampled
@@ -371,7 +376,8 @@ class Engine:
         # in a read (e.g. `ownllm chat` waiting at its prompt) without ever seeing it.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            with torch.inference_mode():
+            precision = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+            with torch.inference_mode(), precision:
                 if self._cache is None:
                     self._cache = KVCache(self.model.config, self.max_slots, device=self.device, dtype=self.dtype)
                     if self.decode != "plain":

@@ -110,9 +110,3 @@ def iter_shard(path: Path) -> Iterator[str]:
                 yield json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserError(f"corpus shard {path} is corrupted at line {lineno}; {REBUILD}") from None
-
-
-def shard_paths(corpus_dir: Path, split: str, manifest: dict | None = None) -> list[Path]:
-    corpus_dir = Path(corpus_dir)
-    manifest = manifest or read_manifest(corpus_dir)
-    return [corpus_dir / f["name"] for f in manifest["splits"][split]["files"]]

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.sft_data import SFTLoader, SFTMixture, build_sft_data, eval_batches
 from ownllm.chatformat.template import ChatTemplate
@@ -72,7 +74,10 @@ SFT_PRESETS: dict[str, dict] = {
 }
 SAMPLE_QUESTIONS = "What is your name?|What is 12 * 7?|Tell me a story about a cat."
 
-SamplerFactory = Callable[[ChatTemplate, TrainConfig, Persona], Callable[[Transformer], list[str]] | None]
+# (template, settings, persona, the training's autocast dtype or None) -> a sampling hook, or None
+SamplerFactory = Callable[
+    [ChatTemplate, TrainConfig, Persona, torch.dtype | None], Callable[[Transformer], list[str]] | None
+]
 
 
 def sft_config(preset: str, model_config: ModelConfig, overrides: list[str], time_budget: str | None) -> TrainConfig:
@@ -156,7 +161,7 @@ class Finetuning:
         base_name = str(self.base.relative_to(self.run_dir.root))
         hooks = Hooks(
             evaluate=evaluate,
-            sample=self.sampler(template, config, mixture.persona) if self.sampler else None,
+            sample=self.sampler(template, config, mixture.persona, precision.autocast_dtype) if self.sampler else None,
             checkpoint_state={
                 "tokenizer_hash": tokenizer_hash(self.run_dir.tokenizer),
                 "persona": mixture.persona.to_dict(),

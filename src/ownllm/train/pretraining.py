@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from ownllm.core.bpb import bits_per_byte, perplexity
 from ownllm.core.device import Precision
 from ownllm.model import Transformer
@@ -22,7 +24,8 @@ from ownllm.train.memory import auto_micro_batch
 from ownllm.train.runner import StageParts, mean_loss
 from ownllm.train.trainer import Hooks, Trainer
 
-SamplerFactory = Callable[[TrainConfig], Callable[[Transformer], list[str]] | None]
+# (settings, the training's autocast dtype or None) -> a sampling hook, or None for no samples
+SamplerFactory = Callable[[TrainConfig, torch.dtype | None], Callable[[Transformer], list[str]] | None]
 
 
 class Pretraining:
@@ -82,7 +85,7 @@ class Pretraining:
 
         hooks = Hooks(
             evaluate=evaluate,
-            sample=self.sampler(config) if self.sampler else None,
+            sample=self.sampler(config, precision.autocast_dtype) if self.sampler else None,
             checkpoint_state={"tokenizer_hash": self.shards.meta["tokenizer_hash"]},
         )
         return StageParts(model, loader, hooks, record=config.to_dict(), describe=describe, finished=finished)
