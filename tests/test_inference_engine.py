@@ -395,23 +395,32 @@ def test_a_dead_scheduler_fails_every_caller_instead_of_hanging(model, monkeypat
 
 
 def test_keyboard_interrupt_in_the_consumer_cancels(model):
+    """A Ctrl-C that reaches the consumer while it waits for a token cancels its request.
+
+    The KeyboardInterrupt is raised by the consumer's queue itself once the request is in the
+    model: a real signal would test the kernel's choice of thread (the pty test of `ownllm chat`
+    does that), and under load a signal's arrival cannot be timed against the wait.
+    """
     gated = Gated(model)
     with Engine(gated, BYTES, stop_ids=frozenset()) as engine:
         stream = engine.stream([1], GREEDY)
+        events = stream._request.events
 
-        def ctrl_c_once_blocked():
-            gated.entered.wait(120)  # the prompt is in the model, so next(stream) waits for it
-            time.sleep(0.1)
-            # To the main thread itself: a process-wide SIGINT may land on another thread and
-            # leave the main one asleep (what the CLI's sigint_blocked() prevents in the product).
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        class CtrlCWhileWaiting:
+            def get(self):
+                assert gated.entered.wait(120), "the request never reached the model"
+                raise KeyboardInterrupt
 
+            def put(self, item):
+                events.put(item)
+
+        stream._request.events = CtrlCWhileWaiting()
         with pytest.raises(KeyboardInterrupt):
-            threading.Thread(target=ctrl_c_once_blocked, daemon=True).start()
-            next(stream)  # blocked: the gate is closed
+            next(stream)  # the gate is closed: no token yet
         gated.gate.set()
         wait_until(lambda: engine.stats()["active"] == 0)
         assert gated.calls <= 2  # the prompt, perhaps one decode step; not the 40 tokens asked for
+        assert stream._request.cancelled
 
 
 def test_close_finishes_pending_requests_as_cancelled(model):

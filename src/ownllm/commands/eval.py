@@ -1,0 +1,73 @@
+"""`ownllm eval`: score a checkpoint on benchmark tasks; print a table, write eval/<stage>-step_NNNNNN.json.
+
+    ownllm eval --run runs/demo                                  # every task, the latest chat model (else base)
+    ownllm eval --run runs/demo --stage pretrain --tasks hellaswag,arc_easy --limit 200
+    ownllm eval --run runs/demo --checkpoint runs/demo/checkpoints/pretrain/step_000400
+
+Tasks: val (the run's validation split), wikitext2, hellaswag, arc_easy, arc_challenge, piqa,
+blimp; --limit N scores the first N items of each (windows for val and wikitext2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ownllm.commands.common import add_run_argument
+from ownllm.core.console import say
+from ownllm.core.errors import UserError
+from ownllm.run import RunDir
+
+TASK_NAMES = ("val", "wikitext2", "hellaswag", "arc_easy", "arc_challenge", "piqa", "blimp")  # eval/tasks.py's
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_run_argument(parser)
+    parser.add_argument("--stage", choices=("sft", "pretrain"), help="whose latest checkpoint (default: sft if any)")
+    parser.add_argument("--checkpoint", type=Path, metavar="DIR", help="a step_NNNNNN directory instead")
+    parser.add_argument(
+        "--tasks",
+        default=",".join(TASK_NAMES),
+        metavar="LIST",
+        help="comma-separated tasks (default: all: %(default)s)",
+    )
+    parser.add_argument("--limit", type=int, metavar="N", help="score only the first N items of each task")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="sequences per forward pass")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASK_NAMES]
+    if unknown or not names:
+        raise UserError(f"unknown task {', '.join(unknown) or '(none given)'}; tasks: {', '.join(TASK_NAMES)}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    run_dir = RunDir.open(args.run, create=False)
+    # The library is imported here, not above: `ownllm eval --help` does not import torch.
+    from ownllm.core.device import resolve_device  # lazy: start-up
+    from ownllm.eval.evaluate import evaluate, table, write_results  # lazy: start-up
+    from ownllm.run.models import resolve_model  # lazy: start-up
+    from ownllm.run.token_shards import open_tokens  # lazy: start-up
+    from ownllm.tokenizer import Tokenizer  # lazy: start-up
+
+    resolved = resolve_model(run_dir, args.stage, args.checkpoint)
+    tokenizer = Tokenizer.load(run_dir.tokenizer)
+    val_split = None
+    if "val" in names:
+        val_split = open_tokens(run_dir.tokens, run_dir.tokenizer, run_dir.corpus).split("val")
+    device = resolve_device(args.device)
+    model = resolved.load(device)
+    say(
+        f"evaluating {resolved.path} on {device.type}: {', '.join(names)}"
+        + (f" (first {args.limit} items each)" if args.limit else "")
+    )
+    results = evaluate(model, tokenizer, names, args.limit, args.batch_size, val_split, say=say)
+    settings = {"tasks": names, "limit": args.limit, "batch_size": args.batch_size, "device": device.type}
+    path = write_results(run_dir, resolved, results, settings)
+    for line in table(results):
+        print(line)
+    say(f"results written to {path}")
+    return 0

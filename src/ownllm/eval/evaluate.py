@@ -1,0 +1,217 @@
+"""Scoring a model on the tasks and writing the results: what `ownllm eval` does.
+
+    results = evaluate(model, tokenizer, tasks, limit=None, val_split=split)
+    path = write_results(run_dir, resolved, results)       # eval/<stage>-step_NNNNNN.json, atomically
+
+Every task reports its metrics, the number of items, the standard error of each accuracy
+(sample standard deviation over the items / sqrt(n), as the evaluation harness does) and
+the random-guess baseline. The language-modelling tasks:
+
+  val        loss, perplexity and bits per byte on the run's validation split (windows of the
+             model's context, the whole split or --limit windows)
+  wikitext2  WikiText-2 test as the GPT-2 paper reports it: the text's total negative
+             log-likelihood over its words (split on white space) as a word-level perplexity,
+             and bits per byte; a sliding window scores every token once, each with at least
+             half the model's context before it (the first window excepted)
+
+CORE (after DCLM and nanochat): each multiple-choice task's accuracy centred on its random
+baseline, (acc - baseline) / (1 - baseline), averaged: 0 is guessing, 1 is always right, so a
+tiny model's progress is visible.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ownllm.core.bpb import bits_per_byte, perplexity
+from ownllm.core.console import progress
+from ownllm.core.fsutil import atomic_write_json
+from ownllm.eval import scoring, tasks
+from ownllm.model import Transformer
+from ownllm.run import RunDir
+from ownllm.run.models import ResolvedModel
+from ownllm.run.token_shards import TokenSplit
+from ownllm.tokenizer import Tokenizer
+from ownllm.train.loader import eval_batches
+from ownllm.train.runner import mean_loss
+
+FORMAT, VERSION = "ownllm.eval", 1
+
+
+def _stderr(hits: list[float]) -> float:
+    return statistics.stdev(hits) / math.sqrt(len(hits)) if len(hits) > 1 else float("nan")
+
+
+def _requests(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation ids as the harness splits them: the continuation is what encoding the whole
+    text adds after the context's ids (so a merge across the boundary is counted in the continuation)."""
+    context_ids = tokenizer.encode(context) if context else [tokenizer.eot_id]
+    whole = tokenizer.encode(context + continuation) if context else [tokenizer.eot_id, *tokenizer.encode(continuation)]
+    return context_ids, whole[len(context_ids) :]
+
+
+def choice_task(model: Transformer, tokenizer: Tokenizer, items: list[tasks.Choice], batch_size: int) -> dict:
+    requests = [_requests(tokenizer, item.context, c) for item in items for c in item.choices]
+    with progress(total=len(requests), unit="choice", desc="  scoring") as bar:
+        scores = scoring.score(model, requests, batch_size, bar)
+    acc, acc_norm, baseline, k = [], [], [], 0
+    for item in items:
+        mine = scores[k : k + len(item.choices)]
+        k += len(item.choices)
+        per_char = [s / max(1, len(c)) for s, c in zip(mine, item.choices)]
+        acc.append(float(max(range(len(mine)), key=mine.__getitem__) == item.gold))
+        acc_norm.append(float(max(range(len(per_char)), key=per_char.__getitem__) == item.gold))
+        baseline.append(1 / len(item.choices))
+    return {
+        "metrics": {"acc": statistics.mean(acc), "acc_norm": statistics.mean(acc_norm)},
+        "stderr": {"acc": _stderr(acc), "acc_norm": _stderr(acc_norm)},
+        "items": len(items),
+        "baseline": statistics.mean(baseline),
+    }
+
+
+def pair_task(model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int) -> dict:
+    requests = [_requests(tokenizer, "", s) for p in pairs for s in (p.good, p.bad)]
+    with progress(total=len(requests), unit="sentence", desc="  scoring") as bar:
+        scores = scoring.score(model, requests, batch_size, bar)
+    hits = [float(scores[2 * i] > scores[2 * i + 1]) for i in range(len(pairs))]
+    groups: dict[str, list[float]] = {}
+    for pair, hit in zip(pairs, hits):
+        groups.setdefault(pair.group, []).append(hit)
+    return {
+        "metrics": {"acc": statistics.mean(hits)},
+        "stderr": {"acc": _stderr(hits)},
+        "items": len(pairs),
+        "baseline": 0.5,
+        "by_group": {g: statistics.mean(h) for g, h in sorted(groups.items())},
+    }
+
+
+@torch.no_grad()
+def wikitext(model: Transformer, tokenizer: Tokenizer, text: str, limit: int | None = None) -> dict:
+    """Every token scored once; after the first window, each window scores the next `stride` tokens
+    with the `context - stride` tokens before them as context."""
+    ids = [tokenizer.eot_id, *tokenizer.encode(text)]
+    context = model.config.max_seq_len
+    stride = context // 2
+    device = next(model.parameters()).device
+    targets = len(ids) - 1
+    total = 1 + max(0, math.ceil((targets - context) / stride))
+    nll, scored, windows = 0.0, 0, 0  # targets ids[1 .. scored] are done
+    with progress(total=total if limit is None else min(total, limit), unit="window", desc="  wikitext2") as bar:
+        while scored < targets and (limit is None or windows < limit):
+            end = min(scored + stride if scored else context, targets)  # the last target of this window
+            start = max(0, end - context)
+            tokens = torch.tensor([ids[start : end + 1]], device=device)
+            logprobs = F.log_softmax(model(tokens[:, :-1]).float(), dim=-1)[0]
+            first = scored - start  # the window's first position not scored yet
+            nll -= float(logprobs[first:].gather(-1, tokens[0, 1 + first :, None]).sum())
+            scored, windows = end, windows + 1
+            bar.update(1)
+    fraction = scored / targets  # of the text, when --limit stopped early
+    words = len(text.split()) * fraction
+    text_bytes = len(text.encode("utf-8")) * fraction
+    return {
+        "metrics": {
+            "word_perplexity": math.exp(nll / words),
+            "bits_per_byte": nll / (text_bytes * math.log(2)),
+            "token_perplexity": perplexity(nll / scored),
+        },
+        "items": scored,
+        "baseline": None,
+        "window": context,
+        "stride": stride,
+    }
+
+
+def val_task(model: Transformer, split: TokenSplit, batch_size: int, limit: int | None) -> dict:
+    seq_len = model.config.max_seq_len
+    device = next(model.parameters()).device
+    max_tokens = split.tokens if limit is None else limit * seq_len
+    batches = eval_batches(split, seq_len, batch_size, max_tokens, device)
+    loss = mean_loss(model, batches)
+    return {
+        "metrics": {
+            "loss": loss,
+            "perplexity": perplexity(loss),
+            "bits_per_byte": bits_per_byte(loss, split.tokens, split.bytes),
+        },
+        "items": sum(int(t.numel()) for _, t in batches),
+        "baseline": None,
+    }
+
+
+def evaluate(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    names: list[str],
+    limit: int | None = None,
+    batch_size: int = 16,
+    val_split: TokenSplit | None = None,
+    say=print,
+) -> dict:
+    """{task: result} for `names` (an item limit applies to each task), plus "core" when choice tasks ran."""
+    results: dict[str, dict] = {}
+    for name in names:
+        start = time.perf_counter()
+        say(f"{name} ...")
+        if name == "val":
+            if val_split is None:
+                raise ValueError("the val task needs the run's validation split")
+            result = val_task(model, val_split, batch_size, limit)
+        elif name == "wikitext2":
+            result = wikitext(model, tokenizer, tasks.wikitext2(), limit)
+        elif name in tasks.CHOICE_TASKS:
+            result = choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size)
+        else:
+            result = pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size)
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        results[name] = result
+    centred = [
+        (r["metrics"]["acc_norm" if n == "hellaswag" else "acc"] - r["baseline"]) / (1 - r["baseline"])
+        for n, r in results.items()
+        if n in tasks.CHOICE_TASKS or n in tasks.PAIR_TASKS
+    ]
+    if centred:
+        results["core"] = {"metrics": {"core": statistics.mean(centred)}, "items": len(centred), "baseline": 0.0}
+    return results
+
+
+def write_results(run_dir: RunDir, resolved: ResolvedModel, results: dict, settings: dict):
+    """DIR/eval/<stage>-step_NNNNNN.json, written atomically (an interrupted eval leaves none)."""
+    stage = resolved.stage or "checkpoint"
+    path = run_dir.root / "eval" / f"{stage}-{resolved.path.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        path,
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "checkpoint": str(resolved.path),
+            "stage": resolved.stage,
+            "step": resolved.state.get("step"),
+            "settings": settings,
+            "tasks": results,
+        },
+    )
+    return path
+
+
+def table(results: dict) -> list[str]:
+    """The results as aligned lines for a person."""
+    lines = [f"{'task':<15}{'metric':<17}{'value':>10}{'stderr':>9}{'random':>9}{'items':>8}"]
+    for name, r in results.items():
+        for metric, value in r["metrics"].items():
+            err = r.get("stderr", {}).get(metric)
+            base = r.get("baseline")
+            lines.append(
+                f"{name:<15}{metric:<17}{value:>10.4f}"
+                f"{'' if err is None or err != err else f'{err:.4f}':>9}"
+                f"{'' if base is None else f'{base:.3f}':>9}{r['items']:>8}"
+            )
+    return lines
