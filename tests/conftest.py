@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import CORPUS, run_ownllm, torch_threads
-from helpers.runs import bpe_run, ownllm_here
+from helpers.runs import TINY_CHAT_BASE, bpe_run, ownllm_here
 
 
 @pytest.fixture(autouse=True)
@@ -52,23 +52,6 @@ def pretrained_run(tokenizer_run, tmp_path_factory):
     """The tokenizer run after a few seconds of tiny pretraining, with room for 256-token conversations."""
     run = tmp_path_factory.mktemp("pretrained") / "run"
     shutil.copytree(tokenizer_run, run)
-    status, err = ownllm_here(
-        None,
-        "pretrain",
-        "--run",
-        run,
-        "--preset",
-        "tiny",
-        "--set",
-        "threads=1",
-        "--set",
-        "model.max_seq_len=256",
-        "--set",
-        "steps=4",
-        "--set",
-        "eval_every=0",
-        "--set",
-        "sample_every=0",
-    )
+    status, err = ownllm_here(None, "pretrain", "--run", run, *TINY_CHAT_BASE)
     assert status == 0, err
     return run

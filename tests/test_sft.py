@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.runs import SFT, metrics, ownllm_here
+from helpers.runs import SFT, TINY_CHAT_BASE, metrics, ownllm_here
 from ownllm.chatformat import ChatTemplate, Persona
 from ownllm.chatformat.sft_data import (
     Example,
@@ -334,23 +334,7 @@ def test_a_chat_model_whose_base_model_was_retrained_is_refused(pretrained_run, 
     status, err = ownllm_here(capsys, "sft", "--run", run, *SFT, "--set", "steps=2", "--set", "sample_every=0")
     assert status == 0, err
     assert resolve_model(run).stage == "sft"
-    pretrain = [
-        "pretrain",
-        "--run",
-        run,
-        "--preset",
-        "tiny",
-        "--set",
-        "threads=1",
-        "--set",
-        "model.max_seq_len=256",
-        "--set",
-        "steps=4",
-        "--set",
-        "eval_every=0",
-        "--set",
-        "sample_every=0",
-    ]
+    pretrain = ["pretrain", "--run", run, *TINY_CHAT_BASE]  # as the pretrained_run fixture made it
     status, err = ownllm_here(capsys, *pretrain, "--restart")
     assert status == 0, err
     assert latest_checkpoint(run / "checkpoints" / "pretrain").name == "step_000004"  # the same name as before

@@ -123,3 +123,8 @@ SFT = [
     "--set",
     "sft.held_out=0.1",
 ]
+
+
+# A few seconds of pretraining with room for 256-token conversations: the fine-tuning tests' base model.
+TINY_CHAT_BASE = ["--preset", "tiny", "--set", "threads=1", "--set", "model.max_seq_len=256", "--set", "steps=4"]
+TINY_CHAT_BASE += ["--set", "eval_every=0", "--set", "sample_every=0"]
