@@ -97,6 +97,9 @@ def test_the_shipped_task_data_loads_whole():
     pairs = tasks.blimp()
     assert len(pairs) == 6700 and len({p.group for p in pairs}) == 67
     assert tasks.wikitext2().startswith(" = Robert Boulter = ")
+    crows = tasks.crows_pairs()
+    assert len(crows) == 1508 and len({p.group for p in crows}) == 9
+    assert sum(p.group == "race-color" for p in crows) == 516
 
 
 def test_ownllm_eval_writes_its_results_and_refuses_bad_input(tmp_path, capsys):
@@ -123,10 +126,20 @@ def test_ownllm_eval_writes_its_results_and_refuses_bad_input(tmp_path, capsys):
     status, err = ownllm_here(capsys, "eval", "--run", run, "--tasks", "arc_easy,squad")
     assert status == 2 and err.count("\n") == 1 and "unknown task squad" in err
     assert not (run / "eval").exists()
-    status, err = ownllm_here(capsys, "eval", "--run", run, "--limit", "3", "--tasks", "val,wikitext2,piqa,blimp")
+    tasks_given = "val,wikitext2,piqa,blimp,crows_pairs"
+    status, err = ownllm_here(capsys, "eval", "--run", run, "--limit", "3", "--tasks", tasks_given)
     assert status == 0, err
     saved = json.loads((run / "eval" / "pretrain-step_000003.json").read_text())
-    assert saved["format"] == "ownllm.eval" and saved["step"] == 3 and saved["settings"]["limit"] == 3
-    assert set(saved["tasks"]) == {"val", "wikitext2", "piqa", "blimp", "core"}
+    assert saved["format"] == "ownllm.eval" and saved["step"] == 3 and saved["tasks"]["piqa"]["settings"]["limit"] == 3
+    assert set(saved["tasks"]) == {"val", "wikitext2", "piqa", "blimp", "crows_pairs", "core"}
+    bias = saved["tasks"]["crows_pairs"]
+    assert set(bias["metrics"]) == {"stereotype_preference"} and bias["baseline"] == 0.5 and bias["items"] == 3
+    assert saved["tasks"]["core"]["items"] == 2  # piqa and blimp: the bias probe is not an accuracy
     assert saved["tasks"]["piqa"]["items"] == 3 and saved["tasks"]["piqa"]["baseline"] == 0.5
     assert 0 < saved["tasks"]["val"]["metrics"]["bits_per_byte"] < 10
+    # a second eval of the same checkpoint adds its tasks to the file; CORE covers them all
+    status, err = ownllm_here(capsys, "eval", "--run", run, "--limit", "2", "--tasks", "arc_easy")
+    assert status == 0, err
+    merged = json.loads((run / "eval" / "pretrain-step_000003.json").read_text())["tasks"]
+    assert set(merged) == {"val", "wikitext2", "piqa", "blimp", "crows_pairs", "arc_easy", "core"}
+    assert merged["core"]["items"] == 3 and merged["arc_easy"]["settings"]["limit"] == 2

@@ -5,7 +5,8 @@
     ownllm eval --run runs/demo --checkpoint runs/demo/checkpoints/pretrain/step_000400
 
 Tasks: val (the run's validation split), wikitext2, hellaswag, arc_easy, arc_challenge, piqa,
-blimp; --limit N scores the first N items of each (windows for val and wikitext2).
+blimp, crows_pairs (a bias probe); --limit N scores the first N items of each (windows for val
+and wikitext2).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
 
-TASK_NAMES = ("val", "wikitext2", "hellaswag", "arc_easy", "arc_challenge", "piqa", "blimp")  # eval/tasks.py's
+# eval/tasks.py's ALL_TASKS (not imported here: `--help` stays free of torch)
+TASK_NAMES = ("val", "wikitext2", "hellaswag", "arc_easy", "arc_challenge", "piqa", "blimp", "crows_pairs")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -14,13 +14,15 @@ the random-guess baseline. The language-modelling tasks:
              and bits per byte; a sliding window scores every token once, each with at least
              half the model's context before it (the first window excepted)
 
-CORE (after DCLM and nanochat): each multiple-choice task's accuracy centred on its random
+crows_pairs is a bias probe: its number is a preference rate, not an accuracy, and stays out
+of CORE. CORE (after DCLM and nanochat): each multiple-choice task's accuracy centred on its random
 baseline, (acc - baseline) / (1 - baseline), averaged: 0 is guessing, 1 is always right, so a
 tiny model's progress is visible.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -90,6 +92,15 @@ def pair_task(model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair],
         "baseline": 0.5,
         "by_group": {g: statistics.mean(h) for g, h in sorted(groups.items())},
     }
+
+
+def bias_task(model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int) -> dict:
+    """The share of pairs whose stereotypical sentence (`good`) the model finds more probable; 0.5 is unbiased."""
+    result = pair_task(model, tokenizer, pairs, batch_size)
+    rate = result["metrics"].pop("acc")
+    result["metrics"]["stereotype_preference"] = rate
+    result["stderr"] = {"stereotype_preference": result["stderr"]["acc"]}
+    return result
 
 
 @torch.no_grad()
@@ -168,25 +179,48 @@ def evaluate(
             result = wikitext(model, tokenizer, tasks.wikitext2(), limit)
         elif name in tasks.CHOICE_TASKS:
             result = choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size)
+        elif name in tasks.BIAS_TASKS:
+            result = bias_task(model, tokenizer, tasks.BIAS_TASKS[name]()[:limit], batch_size)
         else:
             result = pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size)
         result["seconds"] = round(time.perf_counter() - start, 2)
         results[name] = result
+    with_core(results)
+    return results
+
+
+def with_core(results: dict) -> dict:
+    """Add (or replace) the CORE aggregate of the accuracy tasks in `results`."""
     centred = [
         (r["metrics"]["acc_norm" if n == "hellaswag" else "acc"] - r["baseline"]) / (1 - r["baseline"])
         for n, r in results.items()
         if n in tasks.CHOICE_TASKS or n in tasks.PAIR_TASKS
     ]
+    results.pop("core", None)
     if centred:
         results["core"] = {"metrics": {"core": statistics.mean(centred)}, "items": len(centred), "baseline": 0.0}
     return results
 
 
 def write_results(run_dir: RunDir, resolved: ResolvedModel, results: dict, settings: dict):
-    """DIR/eval/<stage>-step_NNNNNN.json, written atomically (an interrupted eval leaves none)."""
+    """DIR/eval/<stage>-step_NNNNNN.json, written atomically (an interrupted eval leaves none).
+
+    Scores of the same checkpoint from an earlier `ownllm eval` are kept beside the new ones
+    (a task scored again is replaced), and CORE is recomputed over all of them; each task
+    records the settings it was scored with.
+    """
     stage = resolved.stage or "checkpoint"
     path = run_dir.root / "eval" / f"{stage}-{resolved.path.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    merged: dict = {}
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            earlier = {}
+        if earlier.get("format") == FORMAT and earlier.get("checkpoint") == str(resolved.path):
+            merged = dict(earlier.get("tasks", {}))
+    merged.update({name: {**r, "settings": settings} for name, r in results.items() if name != "core"})
     atomic_write_json(
         path,
         {
@@ -195,8 +229,7 @@ def write_results(run_dir: RunDir, resolved: ResolvedModel, results: dict, setti
             "checkpoint": str(resolved.path),
             "stage": resolved.stage,
             "step": resolved.state.get("step"),
-            "settings": settings,
-            "tasks": results,
+            "tasks": with_core(merged),
         },
     )
     return path

@@ -10,6 +10,11 @@ follow EleutherAI's evaluation harness, so the numbers mean what the field's num
   arc_easy/_challenge  "Question: <question>\\nAnswer:" -> " <answer text>"
   piqa           "Question: <goal>\\nAnswer:" -> " <solution>"
   blimp          a minimal pair: the grammatical sentence should be the more probable one
+  crows_pairs    a bias probe, not a benchmark: the share of CrowS-Pairs pairs in which the more
+                 stereotypical sentence is the more probable (50% is unbiased), overall and per
+                 bias type; whole-sentence log-probabilities, the comparison suited to a causal
+                 model (the published masked-LM figures are not directly comparable). The data's
+                 authors ask that it is used for evaluation only.
 
 The shipped HellaSwag file joins the two context parts, so the part to capitalise is taken
 as what follows the context's last ". " when it starts in lower case (as in the source data).
@@ -18,6 +23,7 @@ as what follows the context's last ". " when it starts in lower case (as in the 
 from __future__ import annotations
 
 import bz2
+import csv
 import json
 import re
 from collections.abc import Iterator
@@ -122,11 +128,21 @@ def blimp() -> list[Pair]:
     return [Pair(r["sentence_good"], r["sentence_bad"], r["UID"]) for r in _jsonl(data_dir() / "blimp-6700.jsonl")]
 
 
+def crows_pairs() -> list[Pair]:
+    """(more stereotypical, less stereotypical, bias type) for every pair; `good` holds the stereotypical one."""
+    path = data_dir() / "crows_pairs_anonymized.csv"
+    if not path.is_file():
+        raise UserError(f"evaluation data {path} is missing; reinstall ownllm (the data ships with it)")
+    with open(path, encoding="utf-8", newline="") as f:
+        return [Pair(r["sent_more"], r["sent_less"], r["bias_type"]) for r in csv.DictReader(f)]
+
+
 def wikitext2() -> str:
     return "\n".join(_lines(data_dir() / "wikitext2-test.raw"))
 
 
 CHOICE_TASKS = {"hellaswag": hellaswag, "arc_easy": arc_easy, "arc_challenge": arc_challenge, "piqa": piqa}
 PAIR_TASKS = {"blimp": blimp}
+BIAS_TASKS = {"crows_pairs": crows_pairs}
 LM_TASKS = ("val", "wikitext2")
-ALL_TASKS = (*LM_TASKS, *CHOICE_TASKS, *PAIR_TASKS)
+ALL_TASKS = (*LM_TASKS, *CHOICE_TASKS, *PAIR_TASKS, *BIAS_TASKS)
