@@ -7,14 +7,15 @@
 #
 # Steps (each with its own time limit; one failing does not stop the others, the exit status says
 # whether all passed): the GPU tests (pytest -m gpu: precision, bf16 vs fp32 loss curves, resume,
-# micro_batch=auto, torch.compile, FSDP2 with one process, CUDA-graph decoding), then
+# micro_batch=auto, torch.compile, FSDP2 with one process, CUDA-graph decoding), ownllm eval's tests
+# (on CUDA), then
 # bench/gpu_train.py (gpu-small: tokens/s, MFU against the bf16 matrix rate measured there,
 # compile vs eager, peak memory, a profiled step), bench/decode.py (the engine with and without
 # CUDA graphs against HF generate() at batch 1, 8, 64; time to first token), bench/serve.py
 # (1, 4, 16, 64 streaming clients). The training data is RUN (default runs/gpu-check:
 # tokenizer + token shards of the bundled corpus, ~4 MB), made by --prepare; nothing is downloaded.
 # Python packages the GPU machine lacks can be put as wheels in WHEELS (default .whl/) and are
-# installed into a temporary folder first. STEPS="tests train decode serve" (the default) chooses steps.
+# installed into a temporary folder first. STEPS="tests eval train decode serve" (the default) chooses steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +45,7 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
-STEPS=${STEPS:-tests train decode serve}
+STEPS=${STEPS:-tests eval train decode serve}
 failed=()
 # step NAME SECONDS COMMAND...: run it with a time limit, its output to OUT/NAME.log and the screen.
 step() {
@@ -72,6 +73,10 @@ fi
 
 step tests 180 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rA -o addopts="" tests/test_train_gpu.py tests/test_graphed_decode.py
 grep -shE "bf16 vs fp32|passed|failed|error" "$OUT/tests.log" | tail -5 >> "$FIGURES"
+
+# ownllm eval's tests: its command test pretrains and evaluates on the default device, here CUDA
+step eval 120 "$PY" -m pytest -q -p no:cacheprovider -rA -o addopts="" tests/test_eval.py
+grep -shE "passed|failed|error" "$OUT/eval.log" | tail -2 >> "$FIGURES"
 
 step train 260 "$PY" bench/gpu_train.py --run "$RUN" --out "$OUT" --compiled-seconds "${COMPILED_SECONDS:-80}" \
     --eager-seconds "${EAGER_SECONDS:-25}" --previous-rotary-seconds "${PREVIOUS_ROTARY_SECONDS:-0}"
