@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers.runs import bpe_run, ownllm_here
+from helpers.runs import bpe_run, metrics, ownllm_here
 from ownllm.eval import evaluate, scoring, tasks
 from ownllm.model import ModelConfig, Transformer
 from ownllm.tokenizer import Tokenizer
@@ -143,3 +143,31 @@ def test_ownllm_eval_writes_its_results_and_refuses_bad_input(tmp_path, capsys):
     merged = json.loads((run / "eval" / "pretrain-step_000003.json").read_text())["tasks"]
     assert set(merged) == {"val", "wikitext2", "piqa", "blimp", "crows_pairs", "arc_easy", "core"}
     assert merged["core"]["items"] == 3 and merged["arc_easy"]["settings"]["limit"] == 2
+
+
+def test_benchmark_scores_during_pretraining(tmp_path, capsys):
+    """eval_tasks adds the tasks' scores to every evaluation in metrics.jsonl (the same items each time)."""
+    run = bpe_run(tmp_path / "run")
+    settings = [
+        "--preset",
+        "tiny",
+        "--set",
+        "steps=4",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "threads=1",
+        "--set",
+        "sample_every=0",
+    ]
+    status, err = ownllm_here(capsys, "pretrain", "--run", run, *settings, "--set", "eval_tasks=piqa,hellasweg")
+    assert status == 2 and err.count("\n") == 1 and "unknown task hellasweg" in err
+    status, err = ownllm_here(
+        capsys, "pretrain", "--run", run, *settings, "--set", "eval_tasks=piqa,blimp", "--set", "eval_task_limit=4"
+    )
+    assert status == 0, err
+    evaluations = [r for r in metrics(run) if "val_loss" in r]
+    assert [r["step"] for r in evaluations] == [0, 2, 4]
+    for record in evaluations:
+        assert {"piqa_acc", "piqa_acc_norm", "blimp_acc", "core"} <= set(record)
+        assert record["piqa_acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 items

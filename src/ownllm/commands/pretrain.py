@@ -15,6 +15,8 @@ import torch
 
 from ownllm.commands.common import add_training_arguments
 from ownllm.core.errors import UserError
+from ownllm.eval.evaluate import evaluate
+from ownllm.eval.tasks import ALL_TASKS
 from ownllm.inference.engine import Engine, SamplingParams
 from ownllm.model import Transformer
 from ownllm.run import RunDir
@@ -51,8 +53,36 @@ def run(args: argparse.Namespace) -> int:
         start = check_start(run_dir, Pretraining.name, args.resume, args.restart, args.time_budget)
     config.model.vocab_size = shards.vocab_size
     config.validate()
-    stage = Pretraining(shards, sampler=lambda config, autocast: make_sampler(run_dir, config, autocast))
+    stage = Pretraining(
+        shards,
+        sampler=lambda config, autocast: make_sampler(run_dir, config, autocast),
+        benchmarks=make_benchmarks(run_dir, config),
+    )
     return run_stage(stage, run_dir, config, start)
+
+
+def make_benchmarks(run_dir: RunDir, config: TrainConfig):
+    """The eval_tasks scores (`<task>_<metric>`, eval_task_limit items each) added to every evaluation, or None."""
+    names = [t.strip() for t in config.eval_tasks.split(",") if t.strip()]
+    if not names:
+        return None
+    unknown = [t for t in names if t not in ALL_TASKS or t == "val"]
+    if unknown:
+        choices = ", ".join(t for t in ALL_TASKS if t != "val")
+        raise UserError(f"eval_tasks: unknown task {', '.join(unknown)}; tasks: {choices}")
+    if not (run_dir.tokenizer / "tokenizer.json").is_file():
+        raise UserError(f"eval_tasks needs the run's tokenizer, and {run_dir.tokenizer} has none")
+    tokenizer = Tokenizer.load(run_dir.tokenizer)
+
+    def benchmarks(model: Transformer) -> dict:
+        results = evaluate(model, tokenizer, names, limit=config.eval_task_limit, say=None, bars=False)
+        return {
+            task if task == metric else f"{task}_{metric}": value  # core's one metric is just "core"
+            for task, r in results.items()
+            for metric, value in r["metrics"].items()
+        }
+
+    return benchmarks
 
 
 def make_sampler(run_dir: RunDir, config: TrainConfig, autocast: torch.dtype | None = None):

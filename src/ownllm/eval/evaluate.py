@@ -29,6 +29,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ownllm.core.bpb import bits_per_byte, perplexity
 from ownllm.core.console import progress
@@ -45,6 +46,11 @@ from ownllm.train.runner import mean_loss
 FORMAT, VERSION = "ownllm.eval", 1
 
 
+def _bar(shown: bool, **kwargs) -> tqdm:
+    """A progress bar, or a silent one (evaluations during training run under the trainer's bar)."""
+    return progress(**kwargs) if shown else tqdm(disable=True, **kwargs)
+
+
 def _stderr(hits: list[float]) -> float:
     return statistics.stdev(hits) / math.sqrt(len(hits)) if len(hits) > 1 else float("nan")
 
@@ -57,9 +63,11 @@ def _requests(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[li
     return context_ids, whole[len(context_ids) :]
 
 
-def choice_task(model: Transformer, tokenizer: Tokenizer, items: list[tasks.Choice], batch_size: int) -> dict:
+def choice_task(
+    model: Transformer, tokenizer: Tokenizer, items: list[tasks.Choice], batch_size: int, bars: bool = True
+) -> dict:
     requests = [_requests(tokenizer, item.context, c) for item in items for c in item.choices]
-    with progress(total=len(requests), unit="choice", desc="  scoring") as bar:
+    with _bar(bars, total=len(requests), unit="choice", desc="  scoring") as bar:
         scores = scoring.score(model, requests, batch_size, bar)
     acc, acc_norm, baseline, k = [], [], [], 0
     for item in items:
@@ -77,9 +85,11 @@ def choice_task(model: Transformer, tokenizer: Tokenizer, items: list[tasks.Choi
     }
 
 
-def pair_task(model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int) -> dict:
+def pair_task(
+    model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int, bars: bool = True
+) -> dict:
     requests = [_requests(tokenizer, "", s) for p in pairs for s in (p.good, p.bad)]
-    with progress(total=len(requests), unit="sentence", desc="  scoring") as bar:
+    with _bar(bars, total=len(requests), unit="sentence", desc="  scoring") as bar:
         scores = scoring.score(model, requests, batch_size, bar)
     hits = [float(scores[2 * i] > scores[2 * i + 1]) for i in range(len(pairs))]
     groups: dict[str, list[float]] = {}
@@ -94,9 +104,11 @@ def pair_task(model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair],
     }
 
 
-def bias_task(model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int) -> dict:
+def bias_task(
+    model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int, bars: bool = True
+) -> dict:
     """The share of pairs whose stereotypical sentence (`good`) the model finds more probable; 0.5 is unbiased."""
-    result = pair_task(model, tokenizer, pairs, batch_size)
+    result = pair_task(model, tokenizer, pairs, batch_size, bars)
     rate = result["metrics"].pop("acc")
     result["metrics"]["stereotype_preference"] = rate
     result["stderr"] = {"stereotype_preference": result["stderr"]["acc"]}
@@ -104,7 +116,7 @@ def bias_task(model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair],
 
 
 @torch.no_grad()
-def wikitext(model: Transformer, tokenizer: Tokenizer, text: str, limit: int | None = None) -> dict:
+def wikitext(model: Transformer, tokenizer: Tokenizer, text: str, limit: int | None = None, bars: bool = True) -> dict:
     """Every token scored once; after the first window, each window scores the next `stride` tokens
     with the `context - stride` tokens before them as context."""
     ids = [tokenizer.eot_id, *tokenizer.encode(text)]
@@ -114,7 +126,7 @@ def wikitext(model: Transformer, tokenizer: Tokenizer, text: str, limit: int | N
     targets = len(ids) - 1
     total = 1 + max(0, math.ceil((targets - context) / stride))
     nll, scored, windows = 0.0, 0, 0  # targets ids[1 .. scored] are done
-    with progress(total=total if limit is None else min(total, limit), unit="window", desc="  wikitext2") as bar:
+    with _bar(bars, total=total if limit is None else min(total, limit), unit="window", desc="  wikitext2") as bar:
         while scored < targets and (limit is None or windows < limit):
             end = min(scored + stride if scored else context, targets)  # the last target of this window
             start = max(0, end - context)
@@ -165,24 +177,29 @@ def evaluate(
     batch_size: int = 16,
     val_split: TokenSplit | None = None,
     say=print,
+    bars: bool = True,
 ) -> dict:
-    """{task: result} for `names` (an item limit applies to each task), plus "core" when choice tasks ran."""
+    """{task: result} for `names` (an item limit applies to each task), plus "core" when choice tasks ran.
+
+    say: where each task's name goes as it starts (None: nowhere); bars: progress bars.
+    """
     results: dict[str, dict] = {}
     for name in names:
         start = time.perf_counter()
-        say(f"{name} ...")
+        if say is not None:
+            say(f"{name} ...")
         if name == "val":
             if val_split is None:
                 raise ValueError("the val task needs the run's validation split")
             result = val_task(model, val_split, batch_size, limit)
         elif name == "wikitext2":
-            result = wikitext(model, tokenizer, tasks.wikitext2(), limit)
+            result = wikitext(model, tokenizer, tasks.wikitext2(), limit, bars)
         elif name in tasks.CHOICE_TASKS:
-            result = choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size)
+            result = choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size, bars)
         elif name in tasks.BIAS_TASKS:
-            result = bias_task(model, tokenizer, tasks.BIAS_TASKS[name]()[:limit], batch_size)
+            result = bias_task(model, tokenizer, tasks.BIAS_TASKS[name]()[:limit], batch_size, bars)
         else:
-            result = pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size)
+            result = pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size, bars)
         result["seconds"] = round(time.perf_counter() - start, 2)
         results[name] = result
     with_core(results)

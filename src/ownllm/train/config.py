@@ -52,6 +52,8 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 100
     eval_tokens: int = 32768  # validation tokens per evaluation (the same windows every time)
+    eval_tasks: str = ""  # benchmark tasks scored at every evaluation too, e.g. "hellaswag,arc_easy" (ownllm eval's)
+    eval_task_limit: int = 200  # items of each of those tasks (the first ones: the same items every time)
     sample_every: int = 100
     sample_tokens: int = 48
     sample_prompts: str = "Once upon a time|The little dog"  # separated by |
@@ -92,7 +94,15 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         self.model.validate()
-        positive = ("seq_len", "batch_tokens", "steps", "log_every", "eval_tokens", "keep_checkpoints")
+        positive = (
+            "seq_len",
+            "batch_tokens",
+            "steps",
+            "log_every",
+            "eval_tokens",
+            "eval_task_limit",
+            "keep_checkpoints",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be at least 1")

@@ -31,8 +31,14 @@ SamplerFactory = Callable[[TrainConfig, torch.dtype | None], Callable[[Transform
 class Pretraining:
     name = "pretrain"
 
-    def __init__(self, shards: TokenShards, sampler: SamplerFactory | None = None):
-        self.shards, self.sampler = shards, sampler
+    def __init__(
+        self,
+        shards: TokenShards,
+        sampler: SamplerFactory | None = None,
+        benchmarks: Callable[[Transformer], dict] | None = None,
+    ):
+        """sampler: makes the sampling hook; benchmarks: extra scores for every evaluation (eval_tasks)."""
+        self.shards, self.sampler, self.benchmarks = shards, sampler, benchmarks
 
     def build(self, config: TrainConfig, dist: Distributed, precision: Precision) -> StageParts:
         model = Transformer(config.model).to(dist.device)
@@ -55,11 +61,12 @@ class Pretraining:
         def evaluate(model: Transformer) -> dict:
             """Bits per byte use the whole split's bytes per token; the windows are a sample of it."""
             loss = mean_loss(model, batches)
-            return {
+            scores = {
                 "val_loss": loss,
                 "val_ppl": perplexity(loss),
                 "val_bpb": bits_per_byte(loss, val_split.tokens, val_split.bytes),
             }
+            return scores | (self.benchmarks(model) if self.benchmarks else {})
 
         def describe(trainer: Trainer) -> list[str]:
             processes = f" x {dist.world} processes ({trainer.parallelism})" if dist.active else ""
