@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("ownllm.commands.sample", "print a continuation of a prompt from the latest checkpoint"),
     "sft": ("ownllm.commands.sft", "fine-tune the pretrained model into a chat assistant"),
     "eval": ("ownllm.commands.eval", "score a model on benchmark tasks (HellaSwag, ARC, PIQA, BLiMP, WikiText-2, ...)"),
+    "report": ("ownllm.commands.report", "write the run's report: plots of the training and tables of results"),
     "chat": ("ownllm.commands.chat", "talk to the assistant in the terminal, or answer one prompt (-p)"),
     "feedback": ("ownllm.commands.feedback", "export the replies rated on the web page as fine-tuning data"),
     "serve": ("ownllm.commands.serve", "serve the chat page and an OpenAI-compatible API for the model"),
@@ -39,6 +40,7 @@ a run directory (--run DIR) holds every stage's artifacts; stages read what earl
   ownllm sample --run runs/demo --prompt "Once upon a time"
   ownllm sft --run runs/demo               # checkpoints/sft/      (chat fine-tuning)
   ownllm eval --run runs/demo              # eval/: benchmark scores of the latest model
+  ownllm report --run runs/demo            # report/report.md with plots
   ownllm chat --run runs/demo              # talk to it in the terminal (-p "question" answers once)
   ownllm serve --run runs/demo             # the chat page and an OpenAI-compatible API on 127.0.0.1:8000
 run `ownllm COMMAND --help` for a command's options."""
