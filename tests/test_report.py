@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from helpers.runs import bpe_run, ownllm_here
@@ -33,6 +34,19 @@ def test_report_of_a_run_and_of_two_compared(tmp_path, capsys):
     second = tmp_path / "second"
     shutil.copytree(first, second)
 
+    status, err = ownllm_here(capsys, "report", "--run", second)  # no corpus manifest: said so
+    assert status == 0, err
+    assert "corpus manifest is missing" in (second / "report" / "MODEL_CARD.md").read_text()
+    (first / "corpus").mkdir()
+    manifest = {
+        "counts": {"documents_out": 90, "documents_in": 100, "bytes_out": 2_000_000, "files": 2},
+        "removed": {"too_short": 10},
+        "inputs": [
+            {"path": "ownllm/resources/corpus/tinyshakespeare.txt", "bytes": 1_100_000},
+            {"path": "/home/me/notes.txt", "bytes": 900_000},
+        ],
+    }
+    (first / "corpus" / "manifest.json").write_text(json.dumps(manifest))
     status, err = ownllm_here(capsys, "report", "--run", first)
     assert status == 0, err
     report = (first / "report" / "report.md").read_text()
@@ -44,6 +58,13 @@ def test_report_of_a_run_and_of_two_compared(tmp_path, capsys):
         assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
         assert f"(plots/{name}.png)" in report
     assert not (first / "report" / "plots" / "sft.png").exists()
+
+    card = (first / "report" / "MODEL_CARD.md").read_text()
+    assert card.startswith("# Model card: first (pretrain, step 6)")
+    assert "parameters" in card and "| piqa | acc |" in card and "| core | core |" in card
+    assert "Not measured: `ownllm eval --tasks crows_pairs`." in card  # said, not guessed
+    assert "`/home/me/notes.txt`: 0.90 MB, the user's own file" in card and "## Intended use" in card
+    assert "`ownllm/resources/corpus/tinyshakespeare.txt`: 1.10 MB, bundled with ownllm" in card
 
     status, err = ownllm_here(capsys, "report", "--run", first, "--compare", second, "--out", tmp_path / "both")
     assert status == 0, err

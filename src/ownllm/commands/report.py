@@ -1,4 +1,4 @@
-"""`ownllm report`: the run's report, report/report.md with plots in report/plots/.
+"""`ownllm report`: the run's report, report/report.md with plots in report/plots/, and MODEL_CARD.md.
 
 ownllm report --run runs/demo                          # runs/demo/report/report.md
 ownllm report --run runs/demo --compare runs/other     # both runs on the same plots and tables
@@ -22,8 +22,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     runs = [RunDir.open(path, create=False) for path in [args.run, *args.compare]]
+    from ownllm.core.errors import UserError  # lazy: with the rest
+    from ownllm.eval.model_card import write_model_card  # lazy: start-up (torch)
     from ownllm.eval.report import write_report  # lazy: start-up (matplotlib)
+    from ownllm.run.models import resolve_model  # lazy: start-up (torch)
 
-    path = write_report(runs, args.out or runs[0].root / "report")
+    out = args.out or runs[0].root / "report"
+    path = write_report(runs, out)
     say(f"report written to {path}")
+    try:
+        card = write_model_card(runs[0], resolve_model(runs[0], check_tokenizer=False), out)
+    except UserError as e:  # no model yet: the report still describes the data
+        say(f"no model card: {e}")
+    else:
+        say(f"model card written to {card}")
     return 0
