@@ -171,3 +171,10 @@ def test_benchmark_scores_during_pretraining(tmp_path, capsys):
     for record in evaluations:
         assert {"piqa_acc", "piqa_acc_norm", "blimp_acc", "core"} <= set(record)
         assert record["piqa_acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 items
+
+
+def test_the_command_lists_the_tasks_the_library_has():
+    """commands/eval.py keeps its own list (its --help must not import the library): it may not drift."""
+    from ownllm.commands.eval import TASK_NAMES
+
+    assert TASK_NAMES == tasks.ALL_TASKS

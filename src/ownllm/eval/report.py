@@ -75,8 +75,7 @@ def _plot(
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if len(lines) > 1:
-        ax.legend()
+    ax.legend()  # says the run (and the stage), even for one line
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
