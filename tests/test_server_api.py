@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,22 @@ def client(server):
 
 def chat(client, content: str, **kwargs):
     return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}], **kwargs)
+
+
+def test_the_model_card_is_served_once_a_report_wrote_it(server, run_dir):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    missing = httpx.get(f"{server.url}/api/model-card", headers=headers)
+    assert missing.status_code == 404 and "ownllm report --run" in missing.json()["error"]["message"]
+    card = run_dir / "report" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    card.write_text("# Model card: tiny\n\nA test model.\n")
+    try:
+        found = httpx.get(f"{server.url}/api/model-card", headers=headers)
+        assert found.status_code == 200 and found.text.startswith("# Model card: tiny")
+        assert found.headers["content-type"].startswith("text/markdown")
+        assert httpx.get(f"{server.url}/api/model-card").status_code == 401  # behind the key like the rest
+    finally:
+        shutil.rmtree(card.parent)
 
 
 def test_models(client, server, run_dir):

@@ -2,6 +2,7 @@
 
     GET  /health                 503 {"status": "loading"} until the model is loaded, then 200 {"status": "ok"}
     GET  /metrics                Prometheus text
+    GET  /api/model-card         the model card (report/MODEL_CARD.md from `ownllm report`), Markdown
     /v1/...                      the OpenAI-compatible API (openai_api.py)
     /api/...                     conversations kept in assistant.db (conversations.py)
     GET  /, /static/...          the chat page
@@ -33,7 +34,7 @@ from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine
 from ownllm.server import conversations, openai_api
 from ownllm.server.metrics import Metrics, MetricsMiddleware
-from ownllm.server.security import install_security, require_owner
+from ownllm.server.security import APIError, install_security, require_owner
 from ownllm.server.settings import ServerSettings
 from ownllm.server.store import Store
 from ownllm.server.streaming import GenerationGate
@@ -88,6 +89,14 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
         if state.load_error:
             return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/api/model-card", include_in_schema=False, dependencies=[Depends(require_owner)])
+    def model_card() -> PlainTextResponse:
+        """The run's model card (report/MODEL_CARD.md, written by `ownllm report`), as Markdown."""
+        path = run_dir / "report" / "MODEL_CARD.md"
+        if not path.is_file():
+            raise APIError(404, f"no model card yet: run `ownllm report --run {run_dir}`", code="not_found")
+        return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(require_owner)])
     def metrics(request: Request) -> PlainTextResponse:
