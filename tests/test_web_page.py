@@ -372,6 +372,30 @@ def test_conversations_are_renamed_and_deleted_from_the_list(page, server):
     assert stored(server, conversation) is None
 
 
+def test_about_this_model_shows_the_model_card(page, run_dir):
+    page.tab.get_by_role("button", name="About this model").click()
+    dialog = page.tab.locator("#about-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("#about-body")).to_contain_text("no model card yet: run `ownllm report")
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_be_hidden()
+    card = run_dir / "report" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    table = "| task | value |\n|---|---|\n| piqa | 0.52 |\n| <b>x</b> | 1 |\n"
+    card.write_text("# Model card: web\n\nA **test** model. <script>alert(1)</script>\n\n" + table)
+    try:
+        page.tab.get_by_role("button", name="About this model").click()
+        expect(dialog.locator("h3")).to_have_text("Model card: web")  # headings sit two levels down, as in replies
+        expect(dialog.locator("strong")).to_have_text("test")
+        expect(dialog.locator("#about-body")).to_contain_text("<script>alert(1)</script>")  # shown as text
+        assert dialog.locator("script").count() == 0
+        expect(dialog.locator("th")).to_have_text(["task", "value"])  # the rule row makes the header
+        expect(dialog.locator("td")).to_have_text(["piqa", "0.52", "<b>x</b>", "1"])  # cells are text too
+        assert dialog.locator("b").count() == 0
+    finally:
+        shutil.rmtree(card.parent)
+
+
 def test_a_narrow_screen_is_usable(browser, server):
     page = Page(browser, server.url, width=360, height=640)
     try:

@@ -538,6 +538,7 @@ function bind() {
     if (event.key === "Escape" && state.controller) stop();
   });
   $("new-chat").onclick = newChat;
+  $("about-model").onclick = showModelCard;
   $("open-sidebar").onclick = () => $("sidebar").classList.add("open");
   $("close-sidebar").onclick = () => $("sidebar").classList.remove("open");
   $("toggle-settings").onclick = () => {
@@ -560,6 +561,19 @@ async function start() {
   if (id && state.conversations.some((c) => c.id === id)) await openConversation(id);
   else newChat();
   if (!state.info?.ready) waitUntilReady();
+}
+
+// The model card `ownllm report` wrote (GET /api/model-card), rendered like a reply: text, never HTML.
+async function showModelCard() {
+  const body = $("about-body");
+  try {
+    const response = await request("GET", "/model-card");
+    body.replaceChildren(renderMarkdown(await response.text()));
+  } catch (error) {
+    body.replaceChildren(el("p", { className: "muted", textContent: error.message }));
+  }
+  $("about-dialog").showModal();
+  $("about-dialog").scrollTop = 0; // the card's beginning, not the Close button's end
 }
 
 async function loadInfo() {

@@ -6,13 +6,16 @@
 // paragraphs (single newlines kept), ``` fenced code blocks (an unclosed fence, as while a
 // reply streams, runs to the end), `inline code`, **bold** / __bold__, *italic* / _italic_,
 // "-", "*", "+" and "1." lists, "#" headings, "> " quotes, [text](https://...) and bare
-// https:// links.
+// https:// links, and tables ("| a | b |" rows; a "|---|---|" row makes the rows above it
+// the header).
 
 const FENCE = /^\s*```\s*([\w+#.-]*)\s*$/;
 const HEADING = /^(#{1,6})\s+(.*)$/;
 const BULLET = /^\s*[-*+]\s+(.*)$/;
 const NUMBERED = /^\s*(\d{1,9})[.)]\s+(.*)$/;
 const QUOTE = /^\s*>\s?(.*)$/;
+const TABLE_ROW = /^\s*\|(.*)\|\s*$/;
+const TABLE_RULE = /^\s*\|(\s*:?-+:?\s*\|)+\s*$/;
 const INLINE = [
   "(`+)([^`]|[^`][\\s\\S]*?[^`])\\1(?!`)", // 1, 2: code
   "\\[([^\\]\\n]+)\\]\\(([^()\\s]+)\\)", // 3, 4: [text](url)
@@ -109,6 +112,21 @@ export function renderMarkdown(text) {
       list.node.append(element("li", inline(ordered ? m[2] : m[1])));
     } else if (list && /^\s+\S/.test(line)) {
       list.node.lastChild.append(document.createTextNode("\n"), ...inline(line.trim()));
+    } else if (TABLE_ROW.test(line)) {
+      endBlocks();
+      const rows = [];
+      let header = 0;
+      for (; i < lines.length && TABLE_ROW.test(lines[i]); i++) {
+        if (TABLE_RULE.test(lines[i])) header = header || rows.length;
+        else rows.push(TABLE_ROW.exec(lines[i])[1].split("|").map((cell) => cell.trim()));
+      }
+      i--;
+      const table = element("table");
+      rows.forEach((cells, r) => {
+        const tag = r < header ? "th" : "td";
+        table.append(element("tr", cells.map((cell) => element(tag, inline(cell)))));
+      });
+      out.append(table);
     } else if ((m = QUOTE.exec(line))) {
       endBlocks();
       const quoted = [m[1]];
