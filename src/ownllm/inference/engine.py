@@ -212,7 +212,8 @@ class Engine:
         self._broken: BaseException | None = None  # what stopped the scheduler thread, if it died
         # The scheduler thread's alone (and close()'s, once that thread has stopped), never locked:
         self._active: list[_Request] = []  # in slot order (slots 0..B-1 let the cache use slices)
-        # Published by the scheduler for the other threads: one int, replaced whole.
+        # Published by the scheduler for the other threads: one int, replaced whole. The slots in
+        # use: the active sequences and those admitted but not prefilled yet (as _admit counts them).
         self._active_count = 0
 
     @classmethod
@@ -418,13 +419,13 @@ class Engine:
                 request = self._waiting.pop(0)
                 request.slot = free.pop(0)
                 new.append(request)
+            self._active_count = len(self._active) + len(new)  # a slot is taken from admission on
             return new
 
     def _prefill(self, request: _Request) -> None:
         """Run the prompt alone into its slot, choose the first token."""
-        self._active.append(request)
+        self._active.append(request)  # already counted in _active_count by _admit
         self._active.sort(key=lambda r: r.slot)
-        self._active_count = len(self._active)
         try:
             n = len(request.prompt)
             ids = torch.tensor([request.prompt], device=self.device)
@@ -478,7 +479,7 @@ class Engine:
         request.events.put(last)
         if request in self._active:
             self._active.remove(request)
-            self._active_count = len(self._active)
+            self._active_count -= 1
 
     def _fail(self, requests: list[_Request], error: BaseException) -> None:
         for request in requests:
