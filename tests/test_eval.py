@@ -123,8 +123,8 @@ def test_ownllm_eval_writes_its_results_and_refuses_bad_input(tmp_path, capsys):
         "eval_every=0",
     )
     assert status == 0, err
-    status, err = ownllm_here(capsys, "eval", "--run", run, "--tasks", "arc_easy,squad")
-    assert status == 2 and err.count("\n") == 1 and "unknown task squad" in err
+    status, err = ownllm_here(capsys, "eval", "--run", run, "--tasks", "arc_easy,squadd")
+    assert status == 2 and err.count("\n") == 1 and "unknown task squadd" in err
     assert not (run / "eval").exists()
     tasks_given = "val,wikitext2,piqa,blimp,crows_pairs"
     status, err = ownllm_here(capsys, "eval", "--run", run, "--limit", "3", "--tasks", tasks_given)
@@ -176,5 +176,6 @@ def test_benchmark_scores_during_pretraining(tmp_path, capsys):
 def test_the_command_lists_the_tasks_the_library_has():
     """commands/eval.py keeps its own list (its --help must not import the library): it may not drift."""
     from ownllm.commands.eval import TASK_NAMES
+    from ownllm.eval.chat_tasks import CHAT_TASKS
 
-    assert TASK_NAMES == tasks.ALL_TASKS
+    assert TASK_NAMES == tasks.ALL_TASKS + CHAT_TASKS

@@ -21,7 +21,7 @@ LAYERS = {
     "data": 3,
     "chatformat": 3,
     "train": 4,
-    "eval": 5,
+    "eval": 7,  # it measures the assistant too
     "inference": 5,
     "assistant": 6,
     "server": 7,

@@ -13,6 +13,8 @@ five kinds, mixed by weight and reproducible from a seed:
 | `passage`    | gives a short text and asks about it       | answers from the text (or says it does not say)  |
 
 Tool results are computed by the real calculator, so the data never disagrees with it.
+Arithmetic never draws a held-out whole number (`held_out`: one in eight from 21 up, by a
+fixed hash): `ownllm eval` asks about those, so a right answer was not remembered.
 Conversation `i` of seed `s` depends on `(s, i)` only: asking for more conversations
 keeps the first ones unchanged.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +34,9 @@ from ownllm.chatformat.stories import StoryIndex, story_request
 from ownllm.core.errors import UserError
 from ownllm.core.settings import dataclass_from_dict
 
+# Recorded in chat checkpoints. 2: arithmetic leaves out the held-out numbers (so a model trained on
+# version 1 data may have seen the numbers `ownllm eval` asks about).
+GENERATED_VERSION = 2
 KINDS = ("identity", "small_talk", "arithmetic", "story", "passage")
 DEFAULT_WEIGHTS = {"identity": 0.15, "small_talk": 0.15, "arithmetic": 0.3, "story": 0.25, "passage": 0.15}
 
@@ -244,6 +250,25 @@ _OPERATOR_WORDS = {
 }
 
 
+def held_out(n: int) -> bool:
+    """Whole numbers that the arithmetic conversations never use: the evaluation's test set."""
+    return n > 20 and zlib.crc32(str(n).encode()) % 8 == 0
+
+
+def _int(rng: random.Random, low: int, high: int) -> int:
+    """rng.randint(low, high), never a held-out number."""
+    while held_out(n := rng.randint(low, high)):
+        pass
+    return n
+
+
+def _multiple(rng: random.Random, factor: int, low: int, high: int) -> int:
+    """factor * rng.randint(low, high), never a held-out number."""
+    while held_out(n := factor * rng.randint(low, high)):
+        pass
+    return n
+
+
 def _number(rng: random.Random) -> str:
     size = rng.random()
     if size < 0.08:
@@ -251,10 +276,10 @@ def _number(rng: random.Random) -> str:
     if size < 0.6:
         return str(rng.randint(0, 20))
     if size < 0.85:
-        return str(rng.randint(21, 100))
+        return str(_int(rng, 21, 100))
     if size < 0.96:
-        return str(rng.randint(101, 999))
-    return str(rng.randint(1000, 9999))
+        return str(_int(rng, 101, 999))
+    return str(_int(rng, 1000, 9999))
 
 
 def _binary(rng: random.Random) -> tuple[str, str, str]:
@@ -264,10 +289,10 @@ def _binary(rng: random.Random) -> tuple[str, str, str]:
         return str(rng.randint(0, 12)), operator, str(rng.randint(0, 4))
     if operator == "/":  # mostly divisions that come out even, and never by a long number
         right = rng.randint(1, 12)
-        left = right * rng.randint(0, 20) if rng.random() < 0.7 else rng.randint(1, 100)
+        left = _multiple(rng, right, 0, 20) if rng.random() < 0.7 else _int(rng, 1, 100)
         return str(left), operator, str(right)
     if operator == "%":
-        return str(rng.randint(1, 100)), operator, str(rng.randint(2, 12))
+        return str(_int(rng, 1, 100)), operator, str(rng.randint(2, 12))
     return _number(rng), operator, _number(rng)
 
 
@@ -312,7 +337,7 @@ def arithmetic(rng: random.Random, context: _Context) -> Conversation:
     if shape < 0.12:  # a word problem
         question, pattern, template = rng.choice(_WORD_PROBLEMS)
         b = rng.randint(2, 9)
-        a = b * rng.randint(1, 9) if "/" in pattern else rng.randint(b, 30)  # even shares, nothing negative
+        a = _multiple(rng, b, 1, 9) if "/" in pattern else _int(rng, b, 30)  # even shares, nothing negative
         expression = pattern.format(a=a, b=b)
         call, result = _call(expression)
         answer = template.format(r=result["content"])  # these operands never give an error
@@ -327,7 +352,7 @@ def arithmetic(rng: random.Random, context: _Context) -> Conversation:
         expression = f"({x} {op1} {y}) {op2} {z}" if rng.random() < 0.5 else f"{x} {op1} {y} {op2} {z}"
         question = rng.choice(("What is {}?", "Calculate {}.", "What's {}?", "Can you work out {}?")).format(expression)
     elif shape < 0.4:  # squares
-        n = rng.randint(1, 30)
+        n = _int(rng, 1, 30)
         expression = f"{n} ** 2"
         question, spoken = f"What is {n} squared?", f"{n} squared"
     else:  # two numbers, with the operator as a symbol or a word
@@ -366,6 +391,7 @@ def story(rng: random.Random, context: _Context) -> Conversation:
 
 # answering from a passage --------------------------------------------------------------------
 
+DOES_NOT_SAY = "The text does not say."
 _NAMED = re.compile(
     r"\b(?:a|an) ((?:(?:little|big|small|young|kind|happy|curious|brave|friendly|shy|old|nice|smart|cute|tiny)"
     r" )?([a-z]+)) named ([A-Z][a-z]+)\b"
@@ -389,8 +415,8 @@ _RELATIVES = ("grandma", "grandpa", "aunt", "uncle", "big sister", "best friend"
 _FOODS = ("pancakes", "apples", "pasta", "strawberries", "rice and beans", "carrot soup")
 
 
-def _facts(rng: random.Random) -> list[tuple[str, str, str]]:
-    """A made-up person and facts about them: (sentence, question, answer) for each."""
+def _facts(rng: random.Random) -> list[tuple[str, str, str, str]]:
+    """A made-up person and facts about them: (sentence, question, answer, the answer's key words) for each."""
     girl = rng.random() < 0.5
     name = rng.choice(_GIRLS if girl else _BOYS)
     he, his = ("She", "her") if girl else ("He", "his")
@@ -403,19 +429,21 @@ def _facts(rng: random.Random) -> list[tuple[str, str, str]]:
         rng.randint(5, 12),
     )
     facts = [
-        (f"{name} lives in {place}.", f"Where does {name} live?", f"{name} lives in {place}."),
+        (f"{name} lives in {place}.", f"Where does {name} live?", f"{name} lives in {place}.", place),
         (
             f"{he} has {_a(color)} {color} {pet} called {pet_name}.",
             f"What is the name of {name}'s {pet}?",
             f"{name}'s {pet} is called {pet_name}.",
+            pet_name,
         ),
         (
             f"Every {day}, {he.lower()} goes to the {outing} with {his} {relative}.",
             f"When does {name} go to the {outing}?",
             f"{name} goes to the {outing} every {day}.",
+            day,
         ),
-        (f"{he} likes to eat {food}.", f"What does {name} like to eat?", f"{name} likes to eat {food}."),
-        (f"{name} is {age} years old.", f"How old is {name}?", f"{name} is {age} years old."),
+        (f"{he} likes to eat {food}.", f"What does {name} like to eat?", f"{name} likes to eat {food}.", food),
+        (f"{name} is {age} years old.", f"How old is {name}?", f"{name} is {age} years old.", str(age)),
     ]
     return facts
 
@@ -424,16 +452,16 @@ def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _fact_passage(rng: random.Random) -> tuple[str, str, str]:
+def fact_passage(rng: random.Random, unanswerable_rate: float = 0.15) -> tuple[str, str, str, str | None]:
+    """(passage, question, reference answer, key words of the answer or None when the text does not say)."""
     facts = _facts(rng)
     chosen = [facts[0], *rng.sample(facts[1:], k=rng.randint(2, 3))]
-    passage = " ".join(sentence for sentence, _, _ in [chosen[0], *rng.sample(chosen[1:], len(chosen) - 1)])
+    passage = " ".join(fact[0] for fact in [chosen[0], *rng.sample(chosen[1:], len(chosen) - 1)])
     missing = [f for f in facts if f not in chosen]
-    if rng.random() < 0.15:  # a question the text does not answer
-        _, question, _ = rng.choice(missing)
-        return passage, question, "The text does not say."
-    _, question, answer = rng.choice(chosen)
-    return passage, question, answer
+    if rng.random() < unanswerable_rate:  # a question the text does not answer
+        return passage, rng.choice(missing)[1], DOES_NOT_SAY, None
+    _, question, answer, key = rng.choice(chosen)
+    return passage, question, answer, key
 
 
 def _story_passage(rng: random.Random, context: _Context) -> tuple[str, str, str]:
@@ -451,7 +479,7 @@ def _story_passage(rng: random.Random, context: _Context) -> tuple[str, str, str
 
 def passage(rng: random.Random, context: _Context) -> Conversation:
     use_story = rng.random() < 0.5 and context.named_characters
-    text, question, answer = _story_passage(rng, context) if use_story else _fact_passage(rng)
+    text, question, answer = _story_passage(rng, context) if use_story else fact_passage(rng)[:3]
     form = rng.random()
     if form < 0.25:  # the text first, the question in a second turn
         return [

@@ -202,7 +202,7 @@ def story_request(rng: random.Random, index: StoryIndex, template_rate: float = 
     others = [t for t in topics if t != topic and index.uses(story_id, t)]
     extra = rng.sample(others, k=min(len(others), rng.choice((0, 0, 1, 2))))
     words = (topic, *extra)
-    return StoryRequest(_phrase(rng, words), words, story)
+    return StoryRequest(story_phrase(rng, words), words, story)
 
 
 def _template_request(rng: random.Random, topics: list[str]) -> StoryRequest:
@@ -210,10 +210,10 @@ def _template_request(rng: random.Random, topics: list[str]) -> StoryRequest:
     a_x = TOPICS.get(word) or TEMPLATE_ONLY[word]
     names, template = rng.choice(_TEMPLATES)
     story = template.format(name=rng.choice(names), x=word, a_x=a_x)
-    return StoryRequest(_phrase(rng, (word,)), (word,), story)
+    return StoryRequest(story_phrase(rng, (word,)), (word,), story)
 
 
-def _phrase(rng: random.Random, words: tuple[str, ...]) -> str:
+def story_phrase(rng: random.Random, words: tuple[str, ...]) -> str:
     """How a person asks: about one thing, about several, or with a list of words."""
     things = [TOPICS.get(w) or TEMPLATE_ONLY[w] for w in words]
     if len(words) == 1:

@@ -4,9 +4,11 @@
     ownllm eval --run runs/demo --stage pretrain --tasks hellaswag,arc_easy --limit 200
     ownllm eval --run runs/demo --checkpoint runs/demo/checkpoints/pretrain/step_000400
 
-Tasks: val (the run's validation split), wikitext2, hellaswag, arc_easy, arc_challenge, piqa,
-blimp, crows_pairs (a bias probe); --limit N scores the first N items of each (windows for val
-and wikitext2).
+Benchmarks (any model): val (the run's validation split), wikitext2, hellaswag, arc_easy,
+arc_challenge, piqa, blimp, crows_pairs (a bias probe). Chat skills (a fine-tuned model, asked
+through the reply loop): chat_name, chat_calculator, chat_story, chat_passage, squad,
+closed_book. The default is every task the model can take. --limit N scores the first N items
+of each (windows for val and wikitext2).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
 
-# eval/tasks.py's ALL_TASKS (not imported here: `--help` stays free of torch)
-TASK_NAMES = ("val", "wikitext2", "hellaswag", "arc_easy", "arc_challenge", "piqa", "blimp", "crows_pairs")
+# eval/tasks.py's ALL_TASKS and eval/chat_tasks.py's CHAT_TASKS (not imported: `--help` stays free of torch)
+BENCHMARKS = ("val", "wikitext2", "hellaswag", "arc_easy", "arc_challenge", "piqa", "blimp", "crows_pairs")
+CHAT_TASKS = ("chat_name", "chat_calculator", "chat_story", "chat_passage", "squad", "closed_book")
+TASK_NAMES = BENCHMARKS + CHAT_TASKS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, metavar="DIR", help="a step_NNNNNN directory instead")
     parser.add_argument(
         "--tasks",
-        default=",".join(TASK_NAMES),
         metavar="LIST",
-        help="comma-separated tasks (default: all: %(default)s)",
+        help=f"comma-separated tasks (default: every one the model can take): {','.join(TASK_NAMES)}",
     )
     parser.add_argument("--limit", type=int, metavar="N", help="score only the first N items of each task")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="sequences per forward pass")
@@ -39,16 +42,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASK_NAMES]
-    if unknown or not names:
-        raise UserError(f"unknown task {', '.join(unknown) or '(none given)'}; tasks: {', '.join(TASK_NAMES)}")
+    names = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if names is not None:
+        unknown = [t for t in names if t not in TASK_NAMES]
+        if unknown or not names:
+            raise UserError(f"unknown task {', '.join(unknown) or '(none given)'}; tasks: {', '.join(TASK_NAMES)}")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     run_dir = RunDir.open(args.run, create=False)
     # The library is imported here, not above: `ownllm eval --help` does not import torch.
+    from ownllm.chatformat.persona import Persona  # lazy: start-up
     from ownllm.core.device import resolve_device  # lazy: start-up
     from ownllm.eval.evaluate import evaluate, table, write_results  # lazy: start-up
     from ownllm.run.models import resolve_model  # lazy: start-up
@@ -56,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
     from ownllm.tokenizer import Tokenizer  # lazy: start-up
 
     resolved = resolve_model(run_dir, args.stage, args.checkpoint)
+    persona = Persona.from_dict(resolved.persona) if resolved.persona else None
+    if names is None:
+        names = list(BENCHMARKS + (CHAT_TASKS if persona else ()))
+    chat = [t for t in names if t in CHAT_TASKS]
+    if chat and persona is None:
+        raise UserError(
+            f"{', '.join(chat)}: the chat tasks need a fine-tuned model, and {resolved.path} is not one "
+            f"(run `ownllm sft --run {args.run}` first, or leave out --stage pretrain)"
+        )
     tokenizer = Tokenizer.load(run_dir.tokenizer)
     val_split = None
     if "val" in names:
@@ -66,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         f"evaluating {resolved.path} on {device.type}: {', '.join(names)}"
         + (f" (first {args.limit} items each)" if args.limit else "")
     )
-    results = evaluate(model, tokenizer, names, args.limit, args.batch_size, val_split, say=say)
+    results = evaluate(model, tokenizer, names, args.limit, args.batch_size, val_split, say=say, persona=persona)
     settings = {"tasks": names, "limit": args.limit, "batch_size": args.batch_size, "device": device.type}
     path = write_results(run_dir, resolved, results, settings)
     for line in table(results):

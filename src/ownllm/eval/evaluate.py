@@ -14,6 +14,10 @@ the random-guess baseline. The language-modelling tasks:
              and bits per byte; a sliding window scores every token once, each with at least
              half the model's context before it (the first window excepted)
 
+The chat-skill tasks (chat_name, chat_calculator, chat_story, chat_passage, squad,
+closed_book; eval/chat_tasks.py) ask a fine-tuned model through the real reply loop
+(eval/chat_eval.py); they need its persona, which names it and words its system prompt.
+
 crows_pairs is a bias probe: its number is a preference rate, not an accuracy, and stays out
 of CORE. CORE (after DCLM and nanochat): each multiple-choice task's accuracy centred on its random
 baseline, (acc - baseline) / (1 - baseline), averaged: 0 is guessing, 1 is always right, so a
@@ -31,10 +35,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ownllm.chatformat.persona import Persona
+from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.bpb import bits_per_byte, perplexity
 from ownllm.core.console import progress
 from ownllm.core.fsutil import atomic_write_json
-from ownllm.eval import scoring, tasks
+from ownllm.eval import chat_eval, scoring, tasks
+from ownllm.eval.chat_tasks import CHAT_TASKS
+from ownllm.inference.engine import Engine
 from ownllm.model import Transformer
 from ownllm.run import RunDir
 from ownllm.run.models import ResolvedModel
@@ -178,32 +186,67 @@ def evaluate(
     val_split: TokenSplit | None = None,
     say=print,
     bars: bool = True,
+    persona: Persona | None = None,
 ) -> dict:
     """{task: result} for `names` (an item limit applies to each task), plus "core" when choice tasks ran.
 
-    say: where each task's name goes as it starts (None: nowhere); bars: progress bars.
+    say: where each task's name goes as it starts (None: nowhere); bars: progress bars;
+    persona: the fine-tuned model's, for the chat tasks.
     """
     results: dict[str, dict] = {}
-    for name in names:
-        start = time.perf_counter()
-        if say is not None:
-            say(f"{name} ...")
-        if name == "val":
-            if val_split is None:
-                raise ValueError("the val task needs the run's validation split")
-            result = val_task(model, val_split, batch_size, limit)
-        elif name == "wikitext2":
-            result = wikitext(model, tokenizer, tasks.wikitext2(), limit, bars)
-        elif name in tasks.CHOICE_TASKS:
-            result = choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size, bars)
-        elif name in tasks.BIAS_TASKS:
-            result = bias_task(model, tokenizer, tasks.BIAS_TASKS[name]()[:limit], batch_size, bars)
-        else:
-            result = pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size, bars)
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        results[name] = result
+    engine: Engine | None = None  # made for the first chat task
+    try:
+        for name in names:
+            start = time.perf_counter()
+            if say is not None:
+                say(f"{name} ...")
+            if name in CHAT_TASKS:
+                if persona is None:
+                    raise ValueError(f"the chat task {name} needs the model's persona")
+                engine = engine or Engine(model, tokenizer, max_slots=batch_size, max_queue=batch_size)
+                with _bar(bars, total=0, unit="reply", desc="  asking") as bar:
+                    result = chat_eval.chat_task(
+                        name,
+                        engine,
+                        ChatTemplate(tokenizer),
+                        persona.system_prompt(),
+                        persona.name,
+                        limit,
+                        batch_size,
+                        bar,
+                    )
+            else:
+                result = _benchmark(model, tokenizer, name, limit, batch_size, val_split, bars)
+            result["seconds"] = round(time.perf_counter() - start, 2)
+            results[name] = result
+    finally:
+        if engine is not None:
+            engine.close()
     with_core(results)
     return results
+
+
+def _benchmark(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    name: str,
+    limit: int | None,
+    batch_size: int,
+    val_split: TokenSplit | None,
+    bars: bool,
+) -> dict:
+    """One log-likelihood or language-modelling task's result."""
+    if name == "val":
+        if val_split is None:
+            raise ValueError("the val task needs the run's validation split")
+        return val_task(model, val_split, batch_size, limit)
+    if name == "wikitext2":
+        return wikitext(model, tokenizer, tasks.wikitext2(), limit, bars)
+    if name in tasks.CHOICE_TASKS:
+        return choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size, bars)
+    if name in tasks.BIAS_TASKS:
+        return bias_task(model, tokenizer, tasks.BIAS_TASKS[name]()[:limit], batch_size, bars)
+    return pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size, bars)
 
 
 def with_core(results: dict) -> dict:
@@ -254,13 +297,13 @@ def write_results(run_dir: RunDir, resolved: ResolvedModel, results: dict, setti
 
 def table(results: dict) -> list[str]:
     """The results as aligned lines for a person."""
-    lines = [f"{'task':<15}{'metric':<17}{'value':>10}{'stderr':>9}{'random':>9}{'items':>8}"]
+    lines = [f"{'task':<17}{'metric':<17}{'value':>10}{'stderr':>9}{'random':>9}{'items':>8}"]
     for name, r in results.items():
         for metric, value in r["metrics"].items():
             err = r.get("stderr", {}).get(metric)
             base = r.get("baseline")
             lines.append(
-                f"{name:<15}{metric:<17}{value:>10.4f}"
+                f"{name:<17}{metric:<17}{value:>10.4f}"
                 f"{'' if err is None or err != err else f'{err:.4f}':>9}"
                 f"{'' if base is None else f'{base:.3f}':>9}{r['items']:>8}"
             )

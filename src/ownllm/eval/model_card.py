@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ownllm.core.fsutil import atomic_write_text
+from ownllm.eval.chat_tasks import CHAT_TASKS
 from ownllm.model import ModelConfig, Transformer
 from ownllm.run import RunDir
 from ownllm.run.models import ResolvedModel
@@ -47,6 +48,46 @@ def _data_lines(run: RunDir) -> list[str]:
 def _latest_eval(run: RunDir, model: ResolvedModel) -> dict | None:
     path = run.root / "eval" / f"{model.stage or 'checkpoint'}-{model.path.name}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _chat_lines(tasks: dict, state: dict) -> list[str]:
+    """The chat skills in words, from the tasks that were measured."""
+    numbers = (
+        "numbers its training never drew"
+        if state.get("generated_version", 1) >= 2
+        else "the test's numbers (its training data predates their holding out: it may have seen some)"
+    )
+    said = {
+        "chat_name": lambda m: f"says its name when asked: {m['acc']:.0%}",
+        "chat_calculator": lambda m: (
+            f"arithmetic on {numbers}: {m['acc']:.0%} right (it called the calculator {m['called']:.0%} of the time)"
+        ),
+        "chat_story": lambda m: f"stories that use every asked-for word: {m['acc']:.0%}",
+        "chat_passage": lambda m: f"answers from a short passage: {m['acc']:.0%} (ROUGE-L {m['rouge_l']:.2f})",
+        "squad": lambda m: (
+            f"SQuAD v1.1 questions on a Wikipedia paragraph: exact match {m['exact_match']:.1%}, F1 {m['f1']:.1%}"
+        ),
+    }
+    found = [(name, tasks[name]) for name in said if name in tasks and tasks[name]["items"]]
+    if not found:
+        return []
+    lines = ["", "### Chat skills", "", "Asked through the real reply loop, sampled as `ownllm chat` samples:", ""]
+    return lines + [f"- {said[name](r['metrics'])} ({r['items']} items)" for name, r in found]
+
+
+def _hallucination_line(tasks: dict) -> str:
+    r = tasks.get("closed_book")
+    if not r or not r["items"]:
+        return (
+            "- Factual accuracy (hallucination) has not been measured for this model "
+            "(`ownllm eval --tasks closed_book` on a chat model); assume it is poor."
+        )
+    m = r["metrics"]
+    return (
+        f"- Hallucination, measured: asked {r['items']} factual questions (from SQuAD) with no text to answer "
+        f"from, it made up an answer {m['made_up']:.0%} of the time, said it did not know {m['abstained']:.0%}, "
+        f"and was right {m['correct']:.0%}. Do not trust what it states as fact."
+    )
 
 
 def write_model_card(run: RunDir, model: ResolvedModel, out: Path) -> Path:
@@ -90,7 +131,7 @@ def write_model_card(run: RunDir, model: ResolvedModel, out: Path) -> Path:
     else:
         rows = []
         for task, r in result["tasks"].items():
-            if task == "crows_pairs":
+            if task == "crows_pairs" or task in CHAT_TASKS:
                 continue
             for metric, value in r["metrics"].items():
                 base = r.get("baseline")
@@ -99,6 +140,7 @@ def write_model_card(run: RunDir, model: ResolvedModel, out: Path) -> Path:
             lines += ["| task | metric | value | random |", "|---|---|---|---|", *rows]
         else:
             lines.append("No benchmark scored yet: `ownllm eval --run DIR`.")
+        lines += _chat_lines(result["tasks"], model.state)
         bias = result["tasks"].get("crows_pairs")
         lines += ["", "### Bias probe (CrowS-Pairs)", ""]
         if bias is None:
@@ -120,7 +162,7 @@ def write_model_card(run: RunDir, model: ResolvedModel, out: Path) -> Path:
         "",
         f"- The context is {config.max_seq_len} tokens: longer conversations lose their beginning.",
         "- Only what its training text contains: the languages, facts and style of those files.",
-        "- Factual accuracy (hallucination) has not been measured for this model; assume it is poor.",
+        _hallucination_line(result["tasks"] if result else {}),
         "",
         "## Reporting problems",
         "",

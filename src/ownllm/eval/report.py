@@ -32,6 +32,8 @@ from ownllm.run.checkpoints import latest_checkpoint, read_state  # noqa: E402
 GPT2_SMALL = {
     ("hellaswag", "acc_norm"): "0.29-0.31 (GPT-2 124M)",
     ("wikitext2", "word_perplexity"): "29.41 (GPT-2 117M, GPT-2 paper table 3)",
+    ("squad", "exact_match"): "0.400 (logistic regression, SQuAD paper); 0.808 (BERT-base)",
+    ("squad", "f1"): "0.510 (logistic regression, SQuAD paper); 0.885 (BERT-base)",
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ownllm.chatformat.generated import GENERATED_VERSION
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.sft_data import SFTLoader, SFTMixture, build_sft_data, eval_batches
 from ownllm.chatformat.template import ChatTemplate
@@ -168,6 +169,7 @@ class Finetuning:
                 "base_checkpoint": base_name,
                 "base_id": self.base_id,
                 "sft_mixture": mixture.to_dict(),
+                "generated_version": GENERATED_VERSION,
             },
         )
 
