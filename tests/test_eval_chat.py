@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 
+from helpers.processes import finish, torchrun
 from helpers.runs import SFT, ownllm_here
 from ownllm.chatformat.generated import GeneratedMix, generate_conversations, held_out
 from ownllm.chatformat.template import ChatTemplate
@@ -158,3 +159,23 @@ def test_ownllm_eval_asks_the_chat_model(chat_run, capsys):
     made_up = saved["closed_book"]["metrics"]["made_up"]
     assert "Hallucination, measured: asked 3 factual questions (from SQuAD) with no text to answer from" in card
     assert f"it made up an answer {made_up:.0%} of the time" in card
+
+
+def test_two_processes_split_the_items_and_agree_with_one(chat_run, tmp_path, capsys):
+    """Under torchrun each process scores every second item; the gathered result is the one process's."""
+    tasks = "val,wikitext2,piqa,blimp,chat_name,chat_calculator"
+    alone, split = tmp_path / "alone", tmp_path / "split"
+    shutil.copytree(chat_run, alone)
+    shutil.copytree(chat_run, split)
+    status, err = ownllm_here(capsys, "eval", "--run", alone, "--tasks", tasks, "--limit", "5", "--batch-size", "3")
+    assert status == 0, err
+    status, err = finish(torchrun("eval", "--run", split, "--tasks", tasks, "--limit", "5", "--batch-size", "3"))
+    assert status == 0, err
+    assert "x 2 processes" in err
+    one = json.loads(next((alone / "eval").glob("sft-step_*.json")).read_text())["tasks"]
+    two = json.loads(next((split / "eval").glob("sft-step_*.json")).read_text())["tasks"]
+    assert two["piqa"]["settings"]["processes"] == 2
+    for name in tasks.split(","):
+        assert two[name]["items"] == one[name]["items"], name
+        assert two[name]["metrics"] == pytest.approx(one[name]["metrics"], rel=1e-5), name
+    assert two["chat_name"]["examples"] == one["chat_name"]["examples"]  # the same replies, gathered in order

@@ -3,6 +3,7 @@
     ownllm eval --run runs/demo                                  # every task, the latest chat model (else base)
     ownllm eval --run runs/demo --stage pretrain --tasks hellaswag,arc_easy --limit 200
     ownllm eval --run runs/demo --checkpoint runs/demo/checkpoints/pretrain/step_000400
+    torchrun --nproc_per_node 4 -m ownllm eval --run runs/big     # each process scores a share of the items
 
 Benchmarks (any model): val (the run's validation split), wikitext2, hellaswag, arc_easy,
 arc_challenge, piqa, blimp, crows_pairs (a bias probe). Chat skills (a fine-tuned model, asked
@@ -14,6 +15,7 @@ of each (windows for val and wikitext2).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ownllm.commands.common import add_run_argument
@@ -53,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be at least 1")
     run_dir = RunDir.open(args.run, create=False)
     # The library is imported here, not above: `ownllm eval --help` does not import torch.
+    import torch  # lazy: start-up
+
     from ownllm.chatformat.persona import Persona  # lazy: start-up
-    from ownllm.core.device import resolve_device  # lazy: start-up
     from ownllm.eval.evaluate import evaluate, table, write_results  # lazy: start-up
     from ownllm.run.models import resolve_model  # lazy: start-up
     from ownllm.run.token_shards import open_tokens  # lazy: start-up
     from ownllm.tokenizer import Tokenizer  # lazy: start-up
+    from ownllm.train import distributed  # lazy: start-up
 
     resolved = resolve_model(run_dir, args.stage, args.checkpoint)
     persona = Persona.from_dict(resolved.persona) if resolved.persona else None
@@ -74,16 +78,39 @@ def run(args: argparse.Namespace) -> int:
     val_split = None
     if "val" in names:
         val_split = open_tokens(run_dir.tokens, run_dir.tokenizer, run_dir.corpus).split("val")
-    device = resolve_device(args.device)
-    model = resolved.load(device)
-    say(
-        f"evaluating {resolved.path} on {device.type}: {', '.join(names)}"
-        + (f" (first {args.limit} items each)" if args.limit else "")
-    )
-    results = evaluate(model, tokenizer, names, args.limit, args.batch_size, val_split, say=say, persona=persona)
-    settings = {"tasks": names, "limit": args.limit, "batch_size": args.batch_size, "device": device.type}
-    path = write_results(run_dir, resolved, results, settings)
-    for line in table(results):
-        print(line)
-    say(f"results written to {path}")
-    return 0
+    with distributed.setup(args.device) as dist:
+        if dist.active and dist.device.type == "cpu":  # the processes on a machine share its cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world))
+        model = resolved.load(dist.device)
+        processes = f" x {dist.world} processes" if dist.active else ""
+        if dist.is_main:
+            say(
+                f"evaluating {resolved.path} on {dist.device.type}{processes}: {', '.join(names)}"
+                + (f" (first {args.limit} items each)" if args.limit else "")
+            )
+        results = evaluate(
+            model,
+            tokenizer,
+            names,
+            args.limit,
+            args.batch_size,
+            val_split,
+            say=say if dist.is_main else None,
+            bars=dist.is_main,
+            persona=persona,
+            dist=dist,
+        )
+        if not dist.is_main:
+            return 0
+        settings = {
+            "tasks": names,
+            "limit": args.limit,
+            "batch_size": args.batch_size,
+            "device": dist.device.type,
+            "processes": dist.world,
+        }
+        path = write_results(run_dir, resolved, results, settings)
+        for line in table(results):
+            print(line)
+        say(f"results written to {path}")
+        return 0

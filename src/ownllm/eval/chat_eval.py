@@ -26,6 +26,7 @@ from ownllm.chatformat.template import ChatTemplate
 from ownllm.eval import chat_tasks
 from ownllm.eval.chat_tasks import ChatItem, Reply
 from ownllm.inference.engine import Engine
+from ownllm.train.distributed import Distributed
 
 EXAMPLES = 3  # exchanges kept in the result
 
@@ -92,17 +93,20 @@ def chat_task(
     limit: int | None = None,
     slots: int = 8,
     bar=None,
+    dist: Distributed | None = None,
 ) -> dict:
-    """One chat-skill task's result (see the module's docstring)."""
+    """One chat-skill task's result (see the module's docstring); under torchrun (dist) each process
+    asks its share of the items and every process gets the whole result."""
     context = engine.context_size
 
     def fits(item: ChatItem) -> bool:  # the reply loop keeps min(max_tokens, context / 4) for the reply
         budget = context - min(item.max_tokens, context // 4)
         return len(template.render_prompt(conversation(system, item.prompt))) <= budget
 
+    dist = dist or Distributed(device=engine.device)  # a job of one process
     items, skipped = fitting(chat_tasks.items(name, persona_name), fits, limit)
     if bar is not None:
-        bar.reset(total=len(items))
+        bar.reset(total=len(items[dist.rank :: dist.world]))
 
     def one(item: ChatItem) -> Reply:
         answer = ask(engine, template, system, item)
@@ -111,7 +115,7 @@ def chat_task(
         return answer
 
     with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="ownllm-eval") as pool:
-        replies = list(pool.map(one, items))
+        replies = dist.split_map(lambda mine: list(pool.map(one, mine)), items)
     scores = [item.check(r) for item, r in zip(items, replies)]
     result: dict = {"metrics": {}, "stderr": {}, "items": len(items), "skipped": skipped, "baseline": None}
     for metric in scores[0] if scores else ():

@@ -48,6 +48,7 @@ from ownllm.run import RunDir
 from ownllm.run.models import ResolvedModel
 from ownllm.run.token_shards import TokenSplit
 from ownllm.tokenizer import Tokenizer
+from ownllm.train.distributed import Distributed
 from ownllm.train.loader import eval_batches
 from ownllm.train.runner import mean_loss
 
@@ -71,12 +72,29 @@ def _requests(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[li
     return context_ids, whole[len(context_ids) :]
 
 
+def _scores(
+    model: Transformer, requests: list[scoring.Request], batch_size: int, bars: bool, unit: str, dist: Distributed
+) -> list[float]:
+    """scoring.score over this process's share of the requests; every process gets all the scores."""
+    with _bar(bars and dist.is_main, total=len(requests[dist.rank :: dist.world]), unit=unit, desc="  scoring") as bar:
+        return dist.split_map(lambda mine: scoring.score(model, mine, batch_size, bar), requests)
+
+
+def _alone() -> Distributed:
+    """A job of one process (its device is not used: there is nobody to exchange with)."""
+    return Distributed(device=torch.device("cpu"))
+
+
 def choice_task(
-    model: Transformer, tokenizer: Tokenizer, items: list[tasks.Choice], batch_size: int, bars: bool = True
+    model: Transformer,
+    tokenizer: Tokenizer,
+    items: list[tasks.Choice],
+    batch_size: int,
+    bars: bool = True,
+    dist: Distributed | None = None,
 ) -> dict:
     requests = [_requests(tokenizer, item.context, c) for item in items for c in item.choices]
-    with _bar(bars, total=len(requests), unit="choice", desc="  scoring") as bar:
-        scores = scoring.score(model, requests, batch_size, bar)
+    scores = _scores(model, requests, batch_size, bars, "choice", dist or _alone())
     acc, acc_norm, baseline, k = [], [], [], 0
     for item in items:
         mine = scores[k : k + len(item.choices)]
@@ -94,11 +112,15 @@ def choice_task(
 
 
 def pair_task(
-    model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int, bars: bool = True
+    model: Transformer,
+    tokenizer: Tokenizer,
+    pairs: list[tasks.Pair],
+    batch_size: int,
+    bars: bool = True,
+    dist: Distributed | None = None,
 ) -> dict:
     requests = [_requests(tokenizer, "", s) for p in pairs for s in (p.good, p.bad)]
-    with _bar(bars, total=len(requests), unit="sentence", desc="  scoring") as bar:
-        scores = scoring.score(model, requests, batch_size, bar)
+    scores = _scores(model, requests, batch_size, bars, "sentence", dist or _alone())
     hits = [float(scores[2 * i] > scores[2 * i + 1]) for i in range(len(pairs))]
     groups: dict[str, list[float]] = {}
     for pair, hit in zip(pairs, hits):
@@ -113,45 +135,68 @@ def pair_task(
 
 
 def bias_task(
-    model: Transformer, tokenizer: Tokenizer, pairs: list[tasks.Pair], batch_size: int, bars: bool = True
+    model: Transformer,
+    tokenizer: Tokenizer,
+    pairs: list[tasks.Pair],
+    batch_size: int,
+    bars: bool = True,
+    dist: Distributed | None = None,
 ) -> dict:
     """The share of pairs whose stereotypical sentence (`good`) the model finds more probable; 0.5 is unbiased."""
-    result = pair_task(model, tokenizer, pairs, batch_size, bars)
+    result = pair_task(model, tokenizer, pairs, batch_size, bars, dist)
     rate = result["metrics"].pop("acc")
     result["metrics"]["stereotype_preference"] = rate
     result["stderr"] = {"stereotype_preference": result["stderr"]["acc"]}
     return result
 
 
-@torch.no_grad()
-def wikitext(model: Transformer, tokenizer: Tokenizer, text: str, limit: int | None = None, bars: bool = True) -> dict:
+def wikitext(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    text: str,
+    limit: int | None = None,
+    bars: bool = True,
+    dist: Distributed | None = None,
+) -> dict:
     """Every token scored once; after the first window, each window scores the next `stride` tokens
     with the `context - stride` tokens before them as context."""
+    dist = dist or _alone()
     ids = [tokenizer.eot_id, *tokenizer.encode(text)]
     context = model.config.max_seq_len
     stride = context // 2
     device = next(model.parameters()).device
     targets = len(ids) - 1
-    total = 1 + max(0, math.ceil((targets - context) / stride))
-    nll, scored, windows = 0.0, 0, 0  # targets ids[1 .. scored] are done
-    with _bar(bars, total=total if limit is None else min(total, limit), unit="window", desc="  wikitext2") as bar:
-        while scored < targets and (limit is None or windows < limit):
-            end = min(scored + stride if scored else context, targets)  # the last target of this window
-            start = max(0, end - context)
+    # (start, end, first): ids[start .. end] go in; the targets from position `first` on are scored
+    windows: list[tuple[int, int, int]] = []
+    scored = 0  # targets ids[1 .. scored] are covered
+    while scored < targets and (limit is None or len(windows) < limit):
+        end = min(scored + stride if scored else context, targets)  # the last target of this window
+        start = max(0, end - context)
+        windows.append((start, end, scored - start))
+        scored = end
+
+    @torch.no_grad()
+    def nll(mine: list[tuple[int, int, int]]) -> list[float]:
+        out = []
+        for start, end, first in mine:
             tokens = torch.tensor([ids[start : end + 1]], device=device)
             logprobs = F.log_softmax(model(tokens[:, :-1]).float(), dim=-1)[0]
-            first = scored - start  # the window's first position not scored yet
-            nll -= float(logprobs[first:].gather(-1, tokens[0, 1 + first :, None]).sum())
-            scored, windows = end, windows + 1
+            out.append(-float(logprobs[first:].gather(-1, tokens[0, 1 + first :, None]).sum()))
             bar.update(1)
+        return out
+
+    with _bar(
+        bars and dist.is_main, total=len(windows[dist.rank :: dist.world]), unit="window", desc="  wikitext2"
+    ) as bar:
+        total = sum(dist.split_map(nll, windows))
     fraction = scored / targets  # of the text, when --limit stopped early
     words = len(text.split()) * fraction
     text_bytes = len(text.encode("utf-8")) * fraction
     return {
         "metrics": {
-            "word_perplexity": math.exp(nll / words),
-            "bits_per_byte": nll / (text_bytes * math.log(2)),
-            "token_perplexity": perplexity(nll / scored),
+            "word_perplexity": math.exp(total / words),
+            "bits_per_byte": total / (text_bytes * math.log(2)),
+            "token_perplexity": perplexity(total / scored),
         },
         "items": scored,
         "baseline": None,
@@ -160,19 +205,25 @@ def wikitext(model: Transformer, tokenizer: Tokenizer, text: str, limit: int | N
     }
 
 
-def val_task(model: Transformer, split: TokenSplit, batch_size: int, limit: int | None) -> dict:
+def val_task(
+    model: Transformer, split: TokenSplit, batch_size: int, limit: int | None, dist: Distributed | None = None
+) -> dict:
+    dist = dist or _alone()
     seq_len = model.config.max_seq_len
     device = next(model.parameters()).device
     max_tokens = split.tokens if limit is None else limit * seq_len
     batches = eval_batches(split, seq_len, batch_size, max_tokens, device)
-    loss = mean_loss(model, batches)
+    sizes = [int(t.numel()) for _, t in batches]
+    with torch.no_grad():
+        losses = dist.split_map(lambda mine: [mean_loss(model, [b]) for b in mine], batches)
+    loss = sum(x * n for x, n in zip(losses, sizes)) / sum(sizes)
     return {
         "metrics": {
             "loss": loss,
             "perplexity": perplexity(loss),
             "bits_per_byte": bits_per_byte(loss, split.tokens, split.bytes),
         },
-        "items": sum(int(t.numel()) for _, t in batches),
+        "items": sum(sizes),
         "baseline": None,
     }
 
@@ -187,12 +238,15 @@ def evaluate(
     say=print,
     bars: bool = True,
     persona: Persona | None = None,
+    dist: Distributed | None = None,
 ) -> dict:
     """{task: result} for `names` (an item limit applies to each task), plus "core" when choice tasks ran.
 
     say: where each task's name goes as it starts (None: nowhere); bars: progress bars;
-    persona: the fine-tuned model's, for the chat tasks.
+    persona: the fine-tuned model's, for the chat tasks; dist: under torchrun, each process takes a
+    share of every task's items and every process gets the whole result.
     """
+    dist = dist or _alone()
     results: dict[str, dict] = {}
     engine: Engine | None = None  # made for the first chat task
     try:
@@ -204,19 +258,13 @@ def evaluate(
                 if persona is None:
                     raise ValueError(f"the chat task {name} needs the model's persona")
                 engine = engine or Engine(model, tokenizer, max_slots=batch_size, max_queue=batch_size)
-                with _bar(bars, total=0, unit="reply", desc="  asking") as bar:
+                template, system = ChatTemplate(tokenizer), persona.system_prompt()
+                with _bar(bars and dist.is_main, total=0, unit="reply", desc="  asking") as bar:
                     result = chat_eval.chat_task(
-                        name,
-                        engine,
-                        ChatTemplate(tokenizer),
-                        persona.system_prompt(),
-                        persona.name,
-                        limit,
-                        batch_size,
-                        bar,
+                        name, engine, template, system, persona.name, limit, batch_size, bar, dist
                     )
             else:
-                result = _benchmark(model, tokenizer, name, limit, batch_size, val_split, bars)
+                result = _benchmark(model, tokenizer, name, limit, batch_size, val_split, bars, dist)
             result["seconds"] = round(time.perf_counter() - start, 2)
             results[name] = result
     finally:
@@ -234,19 +282,20 @@ def _benchmark(
     batch_size: int,
     val_split: TokenSplit | None,
     bars: bool,
+    dist: Distributed,
 ) -> dict:
     """One log-likelihood or language-modelling task's result."""
     if name == "val":
         if val_split is None:
             raise ValueError("the val task needs the run's validation split")
-        return val_task(model, val_split, batch_size, limit)
+        return val_task(model, val_split, batch_size, limit, dist)
     if name == "wikitext2":
-        return wikitext(model, tokenizer, tasks.wikitext2(), limit, bars)
+        return wikitext(model, tokenizer, tasks.wikitext2(), limit, bars, dist)
     if name in tasks.CHOICE_TASKS:
-        return choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size, bars)
+        return choice_task(model, tokenizer, tasks.CHOICE_TASKS[name]()[:limit], batch_size, bars, dist)
     if name in tasks.BIAS_TASKS:
-        return bias_task(model, tokenizer, tasks.BIAS_TASKS[name]()[:limit], batch_size, bars)
-    return pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size, bars)
+        return bias_task(model, tokenizer, tasks.BIAS_TASKS[name]()[:limit], batch_size, bars, dist)
+    return pair_task(model, tokenizer, tasks.PAIR_TASKS[name]()[:limit], batch_size, bars, dist)
 
 
 def with_core(results: dict) -> dict:

@@ -19,6 +19,7 @@ another one will never join.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,19 @@ class Distributed:
         tensor = torch.tensor(values, dtype=torch.float64, device=self._collective_device)
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor.tolist()
+
+    def split_map(self, fn: Callable[[list], list], items: list) -> list:
+        """fn over this rank's share of `items` (every world-th, from its rank); every rank gets all the
+        results, in the order of `items`. fn returns one picklable result per item it is given."""
+        mine = fn(items[self.rank :: self.world])
+        if not self.active:
+            return mine
+        parts: list = [None] * self.world
+        torch_dist.all_gather_object(parts, mine)
+        results: list = [None] * len(items)
+        for rank, part in enumerate(parts):
+            results[rank :: self.world] = part
+        return results
 
     def min(self, value: int) -> int:
         if not self.active:
