@@ -31,7 +31,7 @@ test-all: setup
 demo: setup
 	@echo "ownllm demo: corpus -> tokenizer -> token shards -> 10 minutes of pretraining -> samples"
 	@echo "            -> 1,500 steps of chat fine-tuning (about 10 minutes) -> a short conversation with the assistant"
-	@echo "            -> the benchmark scores of the chat model (ownllm eval, about 4 minutes) -> the report."
+	@echo "            -> the benchmark scores and chat skills of the chat model (ownllm eval, about 4 minutes) -> the report."
 	@echo "This takes about 26-30 minutes on a quiet 2-core CPU, longer on a busy one. Artifacts go to $(RUN)/; Ctrl-C stops safely."
 	$(VENV)/bin/ownllm data --run $(RUN)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --vocab-size $(VOCAB)

@@ -4,7 +4,9 @@ Every item is one conversation, exactly as `ownllm chat` would hold it: the pers
 prompt, the user's message, the chat template, the calculator tool loop (assistant/reply.py),
 sampled at the chat command's default settings (temperature 0.8, top-k 50) with the item's
 own seed. The engine's continuous batching runs `slots` conversations at once; a seed gives
-the same reply whatever else is in the batch, so the scores do not depend on the batch size.
+the same reply whatever else is in the batch, so the scores do not depend on the batch size
+(up to floating point: a batch of another shape may round a logit differently, which turns a
+sampled token only when its draw falls right at a boundary; seen once in ~10,000 tokens).
 
 A task's result: the mean of each per-item score with its standard error; ROUGE-L (F-measure,
 stemmed, the best over the references; `rouge-score`) and corpus BLEU (`sacrebleu`, 0-100)
