@@ -23,6 +23,7 @@ from ownllm.commands.common import add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
+from ownllm.server.connections import uvicorn_config
 from ownllm.server.settings import ServerSettings
 
 
@@ -69,6 +70,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="requests that may wait for a slot; more are answered 503 (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        metavar="N",
+        help="connections open at once; more are answered 503 and closed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=defaults.header_seconds,
+        metavar="SECONDS",
+        help="close a connection whose request headers take longer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_seconds,
+        metavar="SECONDS",
+        help="answer 408 to a request whose body takes longer (default: %(default)s)",
+    )
     parser.add_argument("--stage", choices=("sft", "pretrain"), help="checkpoints to serve (default: sft if any)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--access-log", action="store_true", help="print a line per request")
@@ -87,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         truncate=args.truncate,
         max_slots=args.max_slots,
         max_queue=args.max_queue,
+        max_connections=args.max_connections,
+        header_seconds=args.header_timeout,
+        body_seconds=args.body_timeout,
         device=args.device,
     ).check()
     run_dir = RunDir.open(args.run, create=False)
@@ -94,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     sock = _bind(settings.host, settings.port)
     settings = dataclasses.replace(settings, port=sock.getsockname()[1], stage=stage)
     app = create_app(run_dir.root, settings)
-    server = _Server(uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=3))
+    server = _Server(uvicorn_config(app, settings, access_log=args.access_log))
     say(f"loading the {stage} model of {run_dir.root} ...")
     threading.Thread(target=_announce, args=(app, server, settings), name="ownllm-announce", daemon=True).start()
     server.run(sockets=[sock])

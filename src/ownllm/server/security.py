@@ -1,16 +1,20 @@
 """Who may call the server and what a request may look like, checked before any route runs.
 
 - API key: with a key configured, every route but /health (and the static page, which holds
-  no data) needs `Authorization: Bearer KEY`, compared in constant time. The caller's identity
-  (`require_owner`) is derived from the key, so conversations are kept per key.
+  no data) needs `Authorization: Bearer KEY`, compared in constant time. The guard checks it
+  before reading a body, so a client without the key gets its 401 at once and cannot make the
+  server buffer anything; the routes check it again (`require_owner`), which also derives the
+  caller's identity from the key, so conversations are kept per key.
 - Host header: a server bound to a loopback address answers only requests addressed to
   localhost, 127.0.0.1 or [::1]. A web page on another domain whose DNS name is re-pointed to
   127.0.0.1 (DNS rebinding) sends its own name in Host and is refused (421).
 - Origin: a browser request from a page of another origin is refused (403) unless that origin
   is on the --cors-origin allow-list; CORS headers are sent only for allow-listed origins.
 - Bodies: a body must be JSON (415 otherwise; this also blocks form posts from other sites,
-  which cannot send application/json without a CORS preflight) and at most max_body_bytes (413),
-  counted while it arrives, so a chunked body without Content-Length cannot get around it.
+  which cannot send application/json without a CORS preflight), at most max_body_bytes (413),
+  counted while it arrives, so a chunked body without Content-Length cannot get around it, and
+  complete within body_seconds (408). A refusal sent before the body was read closes the
+  connection, so a client cannot keep trickling bytes into it.
 
 Every refusal has the OpenAI error shape: {"error": {"message", "type", "param", "code"}}.
 """
@@ -24,6 +28,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -97,19 +102,27 @@ def owner_id(api_key: str | None) -> str:
     return "sha256:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
 
 
+def _key_matches(authorization: str, key: str) -> bool:
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), key.encode("utf-8"))
+
+
+def _missing_key() -> APIError:
+    return APIError(
+        401,
+        "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 def require_owner(request: Request) -> str:
     """FastAPI dependency: the caller's identity, or a 401 when a key is required and missing or wrong."""
     key = request.app.state.settings.api_key
     if not key:
         return "local"
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), key.encode("utf-8")):
-        raise APIError(
-            401,
-            "missing or wrong API key: send the header 'Authorization: Bearer YOUR_KEY'",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not _key_matches(request.headers.get("authorization", ""), key):
+        raise _missing_key()
     return owner_id(key)
 
 
@@ -184,8 +197,13 @@ def _param(loc: tuple) -> str:
     return param
 
 
+def open_path(path: str) -> bool:
+    """Routes that need no key: the health check and the page itself (it holds no data)."""
+    return path in ("/", "/health") or path.startswith("/static/")
+
+
 class RequestGuard:
-    """Pure ASGI middleware: Host and Origin checks, then the content type and size of the body."""
+    """Pure ASGI middleware: Host, Origin and API-key checks, then the content type, size and time of the body."""
 
     def __init__(self, app: ASGIApp, settings: ServerSettings):
         self.app, self.settings = app, settings
@@ -195,7 +213,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        refusal = self._check_host(headers) or self._check_origin(headers)
+        refusal = self._check_host(headers) or self._check_origin(headers) or self._check_key(scope, headers)
         if refusal is None and scope["method"] in BODY_METHODS and _has_body(headers):
             refusal = _check_content_type(headers)
             if refusal is None:
@@ -206,9 +224,19 @@ class RequestGuard:
                     assert body is not None  # None comes only with a refusal, or when the client left (above)
                     receive = _replay(body, receive)
         if refusal is not None:
+            if scope["method"] in BODY_METHODS and _has_body(headers):
+                refusal.headers["Connection"] = "close"  # its body may still be on the way: do not wait for it
             await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _check_key(self, scope: Scope, headers: Headers) -> JSONResponse | None:
+        key = self.settings.api_key
+        if not key or scope["method"] == "OPTIONS" or open_path(scope["path"]):
+            return None  # a CORS preflight never carries credentials; CORSMiddleware answers it
+        if _key_matches(headers.get("authorization", ""), key):
+            return None
+        return _missing_key().response()
 
     def _check_host(self, headers: Headers) -> JSONResponse | None:
         if not self.settings.loopback:
@@ -245,17 +273,22 @@ class RequestGuard:
         if int(headers.get("content-length", "0")) > limit:  # the HTTP parser has checked it is a number
             return b"", too_large
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None, None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return b"", too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), None
+        with anyio.move_on_after(self.settings.body_seconds):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None, None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return b"", too_large
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks), None
+        seconds = f"{self.settings.body_seconds:g}"
+        return b"", openai_error(
+            408, f"the request body did not arrive within {seconds} seconds", code="request_timeout"
+        )
 
 
 def _has_body(headers: Headers) -> bool:

@@ -32,6 +32,9 @@ class ServerSettings:
     max_stop_chars: int = 64
     max_slots: int = 8  # sequences decoded together
     max_queue: int = 64  # requests waiting for a slot; past that, 503 at once
+    max_connections: int = 256  # connections open at once; one more is answered 503 and closed
+    header_seconds: float = 10.0  # a request's headers must arrive within this long (connections.py)
+    body_seconds: float = 30.0  # and its body within this long of its headers (security.py)
     truncate: bool = False  # drop the oldest turns of an over-long conversation instead of answering 400
     stage: str | None = None  # checkpoints to serve: None = sft if the run has one, else pretrain
     device: str = "auto"
@@ -53,6 +56,10 @@ class ServerSettings:
             raise UserError(f"--port {self.port} is not a TCP port (0-65535)")
         if self.max_slots < 1 or self.max_queue < 1:
             raise UserError("--max-slots and --max-queue must be at least 1")
+        if self.max_connections < 1:
+            raise UserError("--max-connections must be at least 1")
+        if not (0 < self.header_seconds <= 3600 and 0 < self.body_seconds <= 3600):
+            raise UserError("--header-timeout and --body-timeout must be between 0 and 3600 seconds")
         for origin in self.cors_origins:
             check_origin(origin)
         return self

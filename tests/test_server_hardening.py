@@ -1,0 +1,105 @@
+"""The server against slow and greedy clients, bad text, shutdown mid-reply, and what the page is allowed.
+
+Each test here failed before the fix it checks (issue "Harden it"): raw sockets play the
+slow clients, so what is measured is what the server does, not what a client library does.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from helpers import torch_threads
+from helpers.chat import tiny_chat_run
+from helpers.server import live_server
+from ownllm.server.settings import ServerSettings
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_chat_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def strict(run_dir):
+    """A keyed server with short deadlines and few connections."""
+    settings = ServerSettings(api_key=KEY, header_seconds=1.0, body_seconds=1.0, max_connections=6)
+    with torch_threads(1), live_server(run_dir, settings) as live:
+        yield live
+
+
+def connect(server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    return sock
+
+
+def read_all(sock: socket.socket, limit: float = 10) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    start, data = time.monotonic(), b""
+    sock.settimeout(limit)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            pytest.fail(f"the server kept the connection open for {limit} s; it sent {data[:200]!r}")
+        if not chunk:
+            return data, time.monotonic() - start
+        data += chunk
+
+
+def head(server, path: str, length: int, extra: str = "") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+def test_a_client_without_the_key_gets_401_before_sending_its_body_and_is_disconnected(strict):
+    sock = connect(strict)
+    sock.sendall(head(strict, "/v1/chat/completions", 1 << 20) + b'{"messages": [')  # 1 MiB promised, 14 B sent
+    data, seconds = read_all(sock, limit=5)
+    assert data.startswith(b"HTTP/1.1 401") and b"connection: close" in data.lower() and seconds < 1.0
+
+
+def test_malformed_json_without_the_key_is_a_401_not_a_400(strict):
+    body = b"{not json"
+    sock = connect(strict)
+    sock.sendall(head(strict, "/api/conversations", len(body)) + body)
+    data, _ = read_all(sock)
+    assert data.startswith(b"HTTP/1.1 401") and b"invalid_api_key" in data
+
+
+def test_headers_that_never_end_are_cut_off(strict):
+    sock = connect(strict)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    data, seconds = read_all(sock)
+    assert data.startswith(b"HTTP/1.1 408") and b"request_timeout" in data and 0.9 < seconds < 5
+
+
+def test_a_body_that_never_ends_is_cut_off_even_with_the_key(strict):
+    sock = connect(strict)
+    sock.sendall(head(strict, "/v1/chat/completions", 1000, f"Authorization: Bearer {KEY}\r\n") + b'{"mess')
+    data, seconds = read_all(sock)
+    assert data.startswith(b"HTTP/1.1 408") and b"connection: close" in data.lower() and seconds < 5
+
+
+def test_connections_past_the_cap_are_refused_at_once(strict):
+    idle = []
+    try:
+        for _ in range(6):  # the cap; each holds a connection without sending anything (yet)
+            idle.append(connect(strict))
+        time.sleep(0.2)
+        extra = connect(strict)
+        data, seconds = read_all(extra, limit=5)
+        assert data.startswith(b"HTTP/1.1 503") and b"too_many_connections" in data and seconds < 1
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.3)  # the server has seen them go: connections are accepted again
+    sock = connect(strict)
+    sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{strict.port}\r\nConnection: close\r\n\r\n".encode())
+    assert read_all(sock)[0].startswith(b"HTTP/1.1 200")
