@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 
+import httpx
 import pytest
 
 from helpers import torch_threads
@@ -103,3 +104,44 @@ def test_connections_past_the_cap_are_refused_at_once(strict):
     sock = connect(strict)
     sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{strict.port}\r\nConnection: close\r\n\r\n".encode())
     assert read_all(sock)[0].startswith(b"HTTP/1.1 200")
+
+
+@pytest.fixture(scope="module")
+def open_server(run_dir):
+    """No key, the default limits."""
+    with torch_threads(1), live_server(run_dir, ServerSettings()) as live:
+        yield live
+
+
+HALF_EMOJI = '"\\ud83d"'  # the first half of a surrogate pair, as JSON escapes it: valid JSON, not valid text
+
+
+@pytest.mark.parametrize(
+    "method, path, body, param",
+    [
+        ("POST", "/api/conversations", '{"system_prompt": %s}', "system_prompt"),
+        ("POST", "/api/conversations", '{"title": %s}', "title"),
+        ("PATCH", "/api/conversations/{id}", '{"title": %s}', "title"),
+        ("PATCH", "/api/conversations/{id}", '{"system_prompt": %s}', "system_prompt"),
+        ("POST", "/api/conversations/{id}/messages", '{"content": %s}', "content"),
+        ("POST", "/api/conversations/{id}/messages", '{"content": "hi", "system_prompt": %s}', "system_prompt"),
+        ("POST", "/api/conversations/{id}/regenerate", '{"system_prompt": %s}', "system_prompt"),
+        ("POST", "/api/conversations/{id}/edit", '{"content": %s}', "content"),
+        ("POST", "/api/messages/{reply}/feedback", '{"rating": "up", "comment": %s}', "comment"),
+        ("POST", "/v1/chat/completions", '{"messages": [{"role": "user", "content": %s}]}', "messages[0].content"),
+        ("POST", "/v1/completions", '{"prompt": %s}', "prompt"),
+    ],
+)
+def test_half_a_character_in_any_text_field_is_a_400_and_changes_nothing(open_server, method, path, body, param):
+    api = httpx.Client(base_url=open_server.url, timeout=60)
+    conversation = api.post("/api/conversations", json={"title": "kept"}).json()
+    with api.stream("POST", f"/api/conversations/{conversation['id']}/messages", json={"content": "Hi"}) as reply:
+        reply.read()
+    before = api.get(f"/api/conversations/{conversation['id']}").json()
+    reply_id = before["messages"][-1]["id"]
+    url = path.format(id=conversation["id"], reply=reply_id)
+    response = api.request(method, url, content=body % HALF_EMOJI, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and ("half of a character" in error["message"] or "unicode" in error["message"])
+    assert api.get(f"/api/conversations/{conversation['id']}").json() == before

@@ -55,6 +55,7 @@ from starlette.concurrency import run_in_threadpool
 from ownllm.assistant.reply import ContextOverflow, ReplyEvent, reply
 from ownllm.inference.engine import SamplingParams
 from ownllm.server.openai_api import error_body, served
+from ownllm.server.schemas import Text
 from ownllm.server.security import APIError, require_owner
 from ownllm.server.store import ConversationBusy, NothingToReplace, Store, Turn
 from ownllm.server.streaming import EventStream, Lease
@@ -79,30 +80,30 @@ class ChatSettings(Strict):
 
 
 class NewConversation(Strict):
-    title: str = Field("", max_length=MAX_TITLE_CHARS)
-    system_prompt: str | None = None  # None: the assistant's default (its persona)
+    title: Text = Field("", max_length=MAX_TITLE_CHARS)
+    system_prompt: Text | None = None  # None: the assistant's default (its persona)
     settings: ChatSettings | None = None
 
 
 class ConversationChange(Strict):
-    title: str | None = Field(None, max_length=MAX_TITLE_CHARS)
-    system_prompt: str | None = None
+    title: Text | None = Field(None, max_length=MAX_TITLE_CHARS)
+    system_prompt: Text | None = None
     settings: ChatSettings | None = None
 
 
 class Regenerate(Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
-    system_prompt: str | None = None  # changes the conversation's system prompt from this reply on
+    system_prompt: Text | None = None  # changes the conversation's system prompt from this reply on
 
 
 class UserMessage(Regenerate):
-    content: str = Field(min_length=1)
+    content: Text = Field(min_length=1)
 
 
 class Feedback(Strict):
     rating: Literal["up", "down"] | None
-    comment: str = Field("", max_length=MAX_COMMENT_CHARS)
+    comment: Text = Field("", max_length=MAX_COMMENT_CHARS)
 
 
 def not_found(what: str = "conversation") -> APIError:

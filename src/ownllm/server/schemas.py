@@ -11,14 +11,32 @@ settings) and `truncate` (drop the oldest turns of a conversation that does not 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from ownllm.server.security import APIError
 from ownllm.server.settings import ServerSettings
 
 INT64 = 2**63
+
+
+def _whole_characters(text: str) -> str:
+    """Refuse a lone UTF-16 surrogate ("\\ud800", half an emoji): UTF-8, SQLite and the tokenizer cannot hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PydanticCustomError(
+            "lone_surrogate",
+            "has half of a character at position {position} (a lone UTF-16 surrogate); send whole characters",
+            {"position": e.start},
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_whole_characters)]
+"""Every text field a request may carry, on every route: whole characters only."""
 
 
 class _Strict(BaseModel):
@@ -27,14 +45,14 @@ class _Strict(BaseModel):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Strict):
     # "developer" is what newer OpenAI clients call the system message.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
+    content: Text | list[TextPart]
+    name: Text | None = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
@@ -53,7 +71,7 @@ class GenerationFields(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-INT64, le=2 * INT64 - 1)  # what torch.Generator.manual_seed takes
     n: int | None = Field(None, ge=1)
     stream: bool = False
@@ -123,11 +141,11 @@ class ChatCompletionRequest(GenerationFields):
 
 
 class CompletionRequest(GenerationFields):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     echo: bool = False
     best_of: int | None = Field(None, ge=1)
     logprobs: int | None = Field(None, ge=0)
-    suffix: str | None = None
+    suffix: Text | None = None
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

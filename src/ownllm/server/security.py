@@ -48,8 +48,9 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 HOST_HEADER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$")
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 # Pydantic names the member of a union a value failed in the error location: "str", "list[str]", "TextPart".
-# Field names are snake_case, so a type name or a CamelCase model name is a union tag.
-UNION_TAG = re.compile(r"^(str|int|float|bool|dict\[.*\]|list\[.*\]|[A-Z]\w*)$")
+# Field names are snake_case, so a type name, a validated type ("function-after[...]") or a CamelCase
+# model name is a union tag.
+UNION_TAG = re.compile(r"^(str|int|float|bool|dict\[.*\]|list\[.*\]|function-\w+\[.*\]|[A-Z]\w*)$")
 
 
 class APIError(Exception):
