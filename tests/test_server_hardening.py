@@ -11,10 +11,12 @@ import time
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from helpers import torch_threads
 from helpers.chat import tiny_chat_run
 from helpers.server import live_server
+from ownllm.server.app import create_app
 from ownllm.server.settings import ServerSettings
 
 KEY = "s3cret-key"
@@ -145,3 +147,28 @@ def test_half_a_character_in_any_text_field_is_a_400_and_changes_nothing(open_se
     error = response.json()["error"]
     assert error["param"] == param and ("half of a character" in error["message"] or "unicode" in error["message"])
     assert api.get(f"/api/conversations/{conversation['id']}").json() == before
+
+
+def test_every_response_carries_the_security_headers(strict):
+    for response in (
+        httpx.get(strict.url + "/"),  # the page
+        httpx.get(strict.url + "/static/app.js"),
+        httpx.get(strict.url + "/health"),
+        httpx.get(strict.url + "/v1/models"),  # a refusal: no key
+        httpx.get(strict.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}),
+        httpx.get(strict.url + "/nowhere", headers={"Authorization": f"Bearer {KEY}"}),
+    ):
+        csp = response.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, response.url
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_server_on_another_loopback_address_answers_requests_to_it(run_dir):
+    settings = ServerSettings(host="127.0.0.2")
+    app = create_app(run_dir, settings)
+    with TestClient(app, base_url="http://127.0.0.2:8000") as client:  # the Host header a browser sends there
+        answered = (200, 503)  # ready, or still loading the model: either way past the Host check
+        assert client.get("/health").status_code in answered
+        assert client.get("/health", headers={"Host": "127.0.0.3:8000"}).status_code == 421
+        assert client.get("/health", headers={"Host": "localhost:8000"}).status_code in answered

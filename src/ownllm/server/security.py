@@ -6,8 +6,9 @@
   server buffer anything; the routes check it again (`require_owner`), which also derives the
   caller's identity from the key, so conversations are kept per key.
 - Host header: a server bound to a loopback address answers only requests addressed to
-  localhost, 127.0.0.1 or [::1]. A web page on another domain whose DNS name is re-pointed to
-  127.0.0.1 (DNS rebinding) sends its own name in Host and is refused (421).
+  localhost, 127.0.0.1, [::1] or the address it is bound to (127.0.0.2 ...). A web page on
+  another domain whose DNS name is re-pointed to 127.0.0.1 (DNS rebinding) sends its own name
+  in Host and is refused (421).
 - Origin: a browser request from a page of another origin is refused (403) unless that origin
   is on the --cors-origin allow-list; CORS headers are sent only for allow-listed origins.
 - Bodies: a body must be JSON (415 otherwise; this also blocks form posts from other sites,
@@ -15,6 +16,10 @@
   counted while it arrives, so a chunked body without Content-Length cannot get around it, and
   complete within body_seconds (408). A refusal sent before the body was read closes the
   connection, so a client cannot keep trickling bytes into it.
+
+- Response headers, on every response: the page's Content-Security-Policy with
+  frame-ancestors 'none' (no other site may frame it; a meta tag cannot say that),
+  X-Frame-Options for older browsers, X-Content-Type-Options: nosniff, no Referer.
 
 Every refusal has the OpenAI error shape: {"error": {"message", "type", "param", "code"}}.
 """
@@ -45,6 +50,16 @@ from ownllm.server.settings import ServerSettings
 log = logging.getLogger("ownllm.server")
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 HOST_HEADER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$")
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 # Pydantic names the member of a union a value failed in the error location: "str", "list[str]", "TextPart".
@@ -144,6 +159,26 @@ def install_security(app: FastAPI, settings: ServerSettings) -> None:
             max_age=600,
         )
     app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(SecurityHeaders)
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: SECURITY_HEADERS on every HTTP response, refusals and errors included."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _user_error(request: Request, e: UserError) -> JSONResponse:
@@ -245,11 +280,14 @@ class RequestGuard:
         match = HOST_HEADER.match(headers.get("host", ""))
         host, port = (match.group(1).lower(), match.group(2)) if match else ("", None)
         port_ok = port is None or self.settings.port == 0 or int(port) == self.settings.port
-        if host not in LOOPBACK_HOSTS or not port_ok:
+        bound = self.settings.host.lower().strip("[]")
+        allowed = {*LOOPBACK_HOSTS, f"[{bound}]" if ":" in bound else bound}
+        if host not in allowed or not port_ok:
+            names = ", ".join(sorted(allowed))
             return openai_error(
                 421,
-                f"this server answers only requests to localhost, 127.0.0.1 or [::1] on port "
-                f"{self.settings.port}, not {headers.get('host', '(no Host header)')!r}",
+                f"this server answers only requests to {names} on port {self.settings.port}, "
+                f"not {headers.get('host', '(no Host header)')!r}",
                 code="invalid_host",
             )
         return None
