@@ -172,3 +172,35 @@ def test_a_server_on_another_loopback_address_answers_requests_to_it(run_dir):
         assert client.get("/health").status_code in answered
         assert client.get("/health", headers={"Host": "127.0.0.3:8000"}).status_code == 421
         assert client.get("/health", headers={"Host": "localhost:8000"}).status_code in answered
+
+
+@pytest.mark.parametrize(
+    "fields, status, param",
+    [
+        ({"user": "me", "metadata": {"a": "b"}, "store": False, "service_tier": "auto"}, 200, None),
+        ({"parallel_tool_calls": False, "tool_choice": "none", "function_call": "auto"}, 200, None),
+        ({"response_format": {"type": "text"}, "modalities": ["text"]}, 200, None),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ({"functions": [{"name": "f", "parameters": {}}]}, 400, "functions"),
+        ({"tool_choice": "required"}, 400, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, 400, "tool_choice"),
+        ({"function_call": {"name": "f"}}, 400, "function_call"),
+        ({"logprobs": True}, 400, "logprobs"),
+        ({"top_logprobs": 2}, 400, "top_logprobs"),
+        ({"logit_bias": {"42": 1.0}}, 400, "logit_bias"),
+        ({"presence_penalty": 0.5}, 400, "presence_penalty"),
+        ({"n": 2}, 400, "n"),
+        ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"modalities": ["text", "audio"]}, 400, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, 400, "audio"),
+        ({"prediction": {"type": "content", "content": "x"}}, 400, "prediction"),
+        ({"reasoning_effort": "low"}, 400, "reasoning_effort"),
+        ({"web_search_options": {}}, 400, "web_search_options"),
+    ],
+)
+def test_each_openai_field_is_supported_ignored_on_purpose_or_refused(open_server, fields, status, param):
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, **fields}
+    response = httpx.post(open_server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["error"]["param"] == param

@@ -2,8 +2,25 @@
 
 Pydantic checks types and fixed ranges (strict mode: "0.5" is not a number, 1 is not a
 boolean); `check(settings)` then applies the server's configured limits and refuses the
-OpenAI features this server does not have, rather than silently ignoring them. Unknown
-fields are ignored, as OpenAI clients send some the server has no use for (user, metadata).
+OpenAI features this server does not have, rather than silently ignoring them.
+
+Every field of OpenAI's chat completion request, decided (tests/test_server_hardening.py
+checks the table):
+
+  supported        model (any name; the response names the served model), messages,
+                   max_tokens, max_completion_tokens, temperature, top_p, stop, seed, n = 1,
+                   stream, stream_options.include_usage
+  ignored, on purpose (they change nothing a reply could show)
+                   user, metadata, store, service_tier, parallel_tool_calls,
+                   tool_choice / function_call "none" or "auto" (there are no client tools),
+                   response_format {"type": "text"}, modalities ["text"]
+  400              n > 1, logprobs, top_logprobs, logit_bias, presence_penalty and
+                   frequency_penalty other than 0, tools, functions, tool_choice /
+                   function_call naming a function or "required", response_format other than
+                   text, modalities with anything but text, audio, prediction,
+                   reasoning_effort, web_search_options
+
+Other unknown fields are ignored, as OpenAI clients add new ones over time.
 
 Extensions beyond OpenAI's fields: `top_k`, `repetition_penalty` (the engine's sampling
 settings) and `truncate` (drop the oldest turns of a conversation that does not fit).
@@ -113,8 +130,17 @@ class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
     logprobs: bool | None = None
+    top_logprobs: int | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None  # the older name of tools
+    function_call: Any = None  # the older name of tool_choice
     response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
 
     def check(self, settings: ServerSettings) -> None:
         """As GenerationFields.check, after taking max_completion_tokens as max_tokens; then the messages."""
@@ -134,10 +160,22 @@ class ChatCompletionRequest(GenerationFields):
                 )
         if self.logprobs:
             _refuse("logprobs", "logprobs are not supported")
-        if self.tools:
-            _refuse("tools", "function tools are not supported (the model runs its own calculator tool)")
+        if self.top_logprobs:
+            _refuse("top_logprobs", "logprobs are not supported")
+        own_tools = "(the model runs its own calculator tool)"
+        for name in ("tools", "functions"):
+            if getattr(self, name):
+                _refuse(name, f"function tools are not supported {own_tools}")
+        for name in ("tool_choice", "function_call"):
+            if getattr(self, name) not in (None, "none", "auto"):
+                _refuse(name, f'{name} can only be "none" or "auto": there are no client tools {own_tools}')
         if self.response_format is not None and self.response_format.get("type", "text") != "text":
             _refuse("response_format", "only text responses are supported")
+        if self.modalities is not None and set(self.modalities) != {"text"}:
+            _refuse("modalities", 'only ["text"] is supported')
+        for name in ("audio", "prediction", "reasoning_effort", "web_search_options"):
+            if getattr(self, name) is not None:
+                _refuse(name, f"{name} is not supported")
 
 
 class CompletionRequest(GenerationFields):
