@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from helpers import torch_threads
 from helpers.chat import tiny_chat_run
 from helpers.server import live_server
+from ownllm.core.errors import UserError
+from ownllm.inference.engine import SamplingParams
 from ownllm.server.app import create_app
 from ownllm.server.settings import ServerSettings
 
@@ -204,3 +206,20 @@ def test_each_openai_field_is_supported_ignored_on_purpose_or_refused(open_serve
     assert response.status_code == status, response.text
     if status == 400:
         assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("penalty, status", [(1e-39, 400), (0.001, 400), (0.01, 200), (100.0, 200), (101.0, 400)])
+def test_repetition_penalty_is_held_to_the_range_that_works(open_server, penalty, status):
+    body = {"messages": [{"role": "user", "content": "Hi Hi Hi"}], "max_tokens": 8, "repetition_penalty": penalty}
+    response = httpx.post(open_server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert "\x00" not in response.json()["choices"][0]["message"]["content"]
+    else:
+        assert response.json()["error"]["param"] == "repetition_penalty"
+
+
+def test_the_engine_refuses_a_penalty_that_would_overflow():
+    with pytest.raises(UserError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=1e-39).validate()
+    SamplingParams(repetition_penalty=0.01).validate()

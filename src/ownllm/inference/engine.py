@@ -58,6 +58,8 @@ from ownllm.tokenizer import Tokenizer
 
 FINISH_REASONS = ("stop", "length", "cancelled")
 DECODE_MODES = ("auto", "plain", "static", "graphs")  # auto: graphs on CUDA, plain elsewhere
+# A penalty divides or multiplies logits: at 1e-38 it is 0 in float32 and the logits inf (NUL text).
+MIN_PENALTY, MAX_PENALTY = 0.01, 100.0
 
 
 class EngineBusy(UserError):
@@ -88,8 +90,8 @@ class SamplingParams:
             ("top_p", _number(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1] (1: off)"),
             (
                 "repetition_penalty",
-                _number(self.repetition_penalty) and self.repetition_penalty > 0,
-                "a number above 0 (1: off)",
+                _number(self.repetition_penalty) and MIN_PENALTY <= self.repetition_penalty <= MAX_PENALTY,
+                f"a number from {MIN_PENALTY} to {MAX_PENALTY} (1: off; further out a logit overflows float32)",
             ),
             (
                 "seed",

@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from ownllm.inference.engine import MAX_PENALTY, MIN_PENALTY
 from ownllm.server.security import APIError
 from ownllm.server.settings import ServerSettings
 
@@ -87,7 +88,7 @@ class GenerationFields(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    repetition_penalty: float | None = Field(None, ge=MIN_PENALTY, le=MAX_PENALTY)
     stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-INT64, le=2 * INT64 - 1)  # what torch.Generator.manual_seed takes
     n: int | None = Field(None, ge=1)
