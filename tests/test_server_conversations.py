@@ -425,3 +425,48 @@ def test_sigkill_mid_reply_keeps_finished_messages_and_marks_the_reply_interrupt
         assert reply["content"].startswith(saved[reply_id]["content"]) and reply["content"].startswith("la")
         stream = say(api, conversation, GREETING, max_tokens=8)  # the conversation goes on
         assert stream[-1][0] == "done"
+
+
+def test_sigterm_mid_reply_ends_the_streams_with_an_error_and_marks_the_reply_interrupted(run_dir, tmp_path):
+    """`ownllm serve` is told to stop (SIGTERM) while a page reply and a /v1 stream are being written."""
+    run_dir = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("assistant.db*"))
+    process, url = _serve(run_dir, tmp_path / "serve.log")
+    base = url.removesuffix("/api")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as api, httpx.Client(base_url=base, timeout=60) as v1:
+            conversation = new_conversation(api)
+            body = {"messages": [{"role": "user", "content": SONG_REQUEST}], "max_tokens": 900, "stream": True}
+            with (
+                api.stream(
+                    "POST",
+                    f"/conversations/{conversation}/messages",
+                    json={**GREEDY, "content": SONG_REQUEST, "max_tokens": 900},
+                ) as page,
+                v1.stream("POST", "/v1/chat/completions", json={**GREEDY, **body}) as openai_stream,
+            ):
+                blocks, lines = _blocks(page), openai_stream.iter_lines()
+                reply_id = json.loads(next(blocks).split("data: ", 1)[1])["reply_id"]
+                for _ in range(3):  # both are streaming
+                    next(blocks)
+                    next(line for line in lines if line.startswith("data: "))
+                stopped = time.monotonic()
+                os.kill(process.pid, signal.SIGTERM)
+                rest_of_page = list(blocks)
+                rest_of_v1 = [line for line in lines if line.startswith("data: ")]
+            assert process.wait(timeout=30) is not None
+            seconds = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    last = rest_of_page[-1]
+    assert last.startswith("event: error"), rest_of_page[-3:]
+    assert json.loads(last.split("data: ", 1)[1])["error"]["code"] == "server_shutdown"
+    assert rest_of_v1[-1] == "data: [DONE]" and json.loads(rest_of_v1[-2][6:])["error"]["code"] == "server_shutdown"
+    assert seconds < 15, f"the server took {seconds:.1f} s to stop"
+    store = Store.for_run(run_dir, recover=False)  # as the file was left, before any restart recovers it
+    try:
+        reply = {m["id"]: m for m in store.get_conversation("local", conversation)["messages"]}[reply_id]
+    finally:
+        store.close()
+    assert reply["status"] == "interrupted" and reply["content"]

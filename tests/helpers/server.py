@@ -19,10 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import uvicorn
-
 from ownllm.server.app import create_app
-from ownllm.server.connections import uvicorn_config
+from ownllm.server.connections import Server, uvicorn_config
 from ownllm.server.settings import ServerSettings
 
 
@@ -41,7 +39,7 @@ def live_server(run_dir: Path, settings: ServerSettings = ServerSettings(), engi
     port = sock.getsockname()[1]
     settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
     app = create_app(run_dir, settings, engine=engine)
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    server = Server(uvicorn_config(app, settings))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -17,13 +17,11 @@ import socket
 import threading
 from pathlib import Path
 
-import uvicorn
-
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
-from ownllm.server.connections import uvicorn_config
+from ownllm.server.connections import Server, uvicorn_config
 from ownllm.server.settings import ServerSettings
 
 
@@ -130,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, except that Ctrl-C ends `ownllm serve` with status 130 every time.
+class _Server(Server):
+    """The app's server (connections.py), where Ctrl-C also ends `ownllm serve` with status 130 every time.
 
     uvicorn re-raises a caught SIGINT once it has shut down, but from inside asyncio.run, whose
     own SIGINT handler turns it into a cancellation of the main task or a KeyboardInterrupt

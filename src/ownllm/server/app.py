@@ -16,6 +16,7 @@ not) and load_error.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -50,6 +51,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.loop = asyncio.get_running_loop()  # where a shutdown signal hands over (connections.Server)
         app.state.store = Store.for_run(run_dir)
         loader = None
         if engine is None:
@@ -80,6 +82,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     app.state.gate = GenerationGate(settings.max_slots + settings.max_queue)
     app.state.ready = threading.Event()
     app.state.load_error = None
+    app.state.loop = None
 
     @app.get("/health", include_in_schema=False)
     def health(request: Request) -> JSONResponse:

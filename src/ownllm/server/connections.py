@@ -13,6 +13,12 @@ hang up. The protocol here adds the two limits a public server needs:
 The request body's own deadline (body_seconds) is kept by the request guard (security.py),
 which also checks the API key before reading a body at all, so an unauthenticated client
 cannot make the server buffer anything.
+
+Shutting down (`Server`): on SIGTERM or Ctrl-C the generations in flight are ended first
+(streaming.GenerationGate.stop: each stream sends an error event, /v1 streams then
+`data: [DONE]`, and its reply is saved as interrupted); uvicorn then waits up to
+GRACE_SECONDS for the connections to close before it cancels what is left, and the app's
+lifespan closes the engine and the database.
 """
 
 from __future__ import annotations
@@ -92,6 +98,17 @@ class LimitedH11Protocol(H11Protocol):
                 )
             )
         self.transport.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which ends the app's generations as soon as it is told to exit."""
+
+    def handle_exit(self, sig: int, frame) -> None:
+        state = getattr(self.config.app, "state", None)
+        loop = getattr(state, "loop", None)
+        if state is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(state.gate.stop)  # a signal handler: hand the work to the event loop
+        super().handle_exit(sig, frame)
 
 
 def uvicorn_config(app, settings: ServerSettings, **kwargs) -> uvicorn.Config:

@@ -11,6 +11,11 @@ past it is refused at once with 503 instead of waiting, which also bounds the pu
 A client that disconnects cancels its response task; the generator is then closed by its
 pump thread (after the token it is waiting for), which cancels the request in the engine
 and frees its slot.
+
+When the server is told to stop (SIGTERM, Ctrl-C), `GenerationGate.stop()` wakes every
+generation that is waiting for its next item and raises ServerStopping there: a stream ends
+with an error event (and `data: [DONE]` on /v1), its reply is saved as interrupted, and only
+then does the server close the engine. New generations are refused with 503 meanwhile.
 """
 
 from __future__ import annotations
@@ -33,15 +38,28 @@ T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
 
 
+class ServerStopping(APIError):
+    """Raised in a generation when the server is shutting down."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503, "the server is shutting down: the reply was cut off here", code="server_shutdown", headers=None
+        )
+
+
 class GenerationGate:
-    """Admits at most `capacity` generations at once."""
+    """Admits at most `capacity` generations at once; stop() ends them all (see the module)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.in_flight = 0  # only touched on the event loop's thread
         self.limiter = anyio.CapacityLimiter(capacity)  # worker threads of Lease.run
+        self.stopping = False
+        self._leases: set[Lease] = set()
 
     def admit(self) -> Lease:
+        if self.stopping:
+            raise ServerStopping()
         if self.in_flight >= self.capacity:
             raise APIError(
                 503,
@@ -50,7 +68,15 @@ class GenerationGate:
                 headers={"Retry-After": "1"},
             )
         self.in_flight += 1
-        return Lease(self)
+        lease = Lease(self)
+        self._leases.add(lease)
+        return lease
+
+    def stop(self) -> None:
+        """On the event loop's thread: refuse new generations and end the running ones."""
+        self.stopping = True
+        for lease in list(self._leases):
+            lease.interrupt()
 
 
 class Lease:
@@ -67,11 +93,20 @@ class Lease:
 
     async def take(self, iterator: Iterator[T]) -> list[T]:
         """Every item the iterator has produced since the last call (waiting for at least one); [] at its end."""
+        if self.gate.stopping:
+            raise ServerStopping()
         return await self._pump(iterator).take()
 
     async def next(self, iterator: Iterator[T], default: T) -> T:
         """The iterator's next item, or `default` at its end."""
+        if self.gate.stopping:
+            raise ServerStopping()
         return await self._pump(iterator).next(default)
+
+    def interrupt(self) -> None:
+        """Wake whoever waits for an item of this generation's iterators: ServerStopping is raised there."""
+        for pump in self._pumps.values():
+            pump.interrupt()
 
     async def close(self, iterator: Iterator) -> None:
         """Stop and close the iterator (cancelling its generation), even while the task is being cancelled; release."""
@@ -84,6 +119,7 @@ class Lease:
         if not self.released:
             self.released = True
             self.gate.in_flight -= 1
+            self.gate._leases.discard(self)
 
     def _pump(self, iterator: Iterator) -> _Pump:
         pump = self._pumps.get(id(iterator))
@@ -113,6 +149,7 @@ class _Pump:
         self._wakeup = asyncio.Event()
         self._loop_waits = False
         self._stop = False
+        self._interrupted = False  # the server is stopping: a waiting take() raises ServerStopping
         self._finished = False
         self._ended = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="ownllm-pump", daemon=True)
@@ -171,9 +208,15 @@ class _Pump:
             self._ready.extend(await self.take())
         return self._ready.popleft() if self._ready else default
 
+    def interrupt(self) -> None:
+        self._interrupted = True
+        self._wakeup.set()
+
     async def _arrivals(self) -> list:
         """What the thread has put since the last call, waiting for at least one item."""
         while True:
+            if self._interrupted:
+                raise ServerStopping()
             with self._lock:
                 if self._arrived:
                     batch = list(self._arrived)
