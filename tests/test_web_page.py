@@ -433,3 +433,28 @@ def test_the_page_asks_for_the_api_key_and_remembers_it(browser, run_dir):
         expect(dialog).to_be_hidden()
         assert page.dialogs == []  # the key prompt is the page's own dialog element, not a browser prompt
         page.close()
+
+
+PATHOLOGICAL = ["[" * 16_000, "`" * 16_000, "*" * 16_000, "_" * 16_000, "[a](" * 4_000, "**a" * 5_000, "a_" * 8_000]
+
+
+def test_markdown_takes_linear_time_on_pathological_text(page):
+    """16,000 characters of one markup character (half a link, a code fence opening ...) render in milliseconds."""
+    timings = page.tab.evaluate(
+        """async (texts) => {
+        const { renderMarkdown } = await import("/static/markdown.js");
+        return texts.map((text) => {
+            const start = performance.now();
+            renderMarkdown(text);
+            return performance.now() - start;
+        });
+    }""",
+        PATHOLOGICAL,
+    )
+    assert max(timings) < 50, dict(zip((t[:4] for t in PATHOLOGICAL), timings))
+
+
+def test_a_malformed_address_still_loads_the_page(browser, server):
+    page = Page(browser, server.url + "/#%ZZ")  # decodeURIComponent throws on it
+    expect(page.tab.locator("#new-chat")).to_be_visible()
+    page.close()  # no script error

@@ -490,17 +490,26 @@ async function streamReply(action, body, user) {
 }
 
 let pendingText = null;
+let renderCost = 0; // how long the last re-render of the streaming reply took (ms)
+let renderedAt = 0;
 function showText(reply) {
-  // Re-render the streaming reply at most once per frame.
+  // Re-render the streaming reply at most once per frame, and no more often than leaves four
+  // fifths of the time to the page: a long reply takes longer to render, so it is redrawn less often.
   if (pendingText) return;
-  pendingText = requestAnimationFrame(() => {
-    pendingText = null;
-    const body = reply.node?.querySelector(".body");
-    if (!body) return;
-    const follow = nearBottom();
-    body.replaceChildren(renderMarkdown(reply.content));
-    if (follow) scrollToEnd(true);
-  });
+  const wait = Math.max(0, renderedAt + 4 * renderCost - performance.now());
+  pendingText = setTimeout(() => {
+    requestAnimationFrame(() => {
+      pendingText = null;
+      const body = reply.node?.querySelector(".body");
+      if (!body) return;
+      const follow = nearBottom();
+      const start = performance.now();
+      body.replaceChildren(renderMarkdown(reply.content));
+      renderedAt = performance.now();
+      renderCost = renderedAt - start;
+      if (follow) scrollToEnd(true);
+    });
+  }, wait);
 }
 
 function nearBottom() {
@@ -549,6 +558,15 @@ function bind() {
   for (const id of ["system-prompt", "temperature", "max-tokens"]) $(id).addEventListener("change", saveSettings);
 }
 
+// The conversation id in the address (#id); a malformed one ("#%ZZ") is no id, not a broken page.
+function hashId() {
+  try {
+    return decodeURIComponent(location.hash.slice(1));
+  } catch {
+    return "";
+  }
+}
+
 async function start() {
   bind();
   try {
@@ -557,7 +575,7 @@ async function start() {
   } catch (error) {
     notice(error.message, true);
   }
-  const id = decodeURIComponent(location.hash.slice(1));
+  const id = hashId();
   if (id && state.conversations.some((c) => c.id === id)) await openConversation(id);
   else newChat();
   if (!state.info?.ready) waitUntilReady();
