@@ -470,3 +470,23 @@ def test_sigterm_mid_reply_ends_the_streams_with_an_error_and_marks_the_reply_in
     finally:
         store.close()
     assert reply["status"] == "interrupted" and reply["content"]
+
+
+def test_deleting_a_conversation_stops_its_reply(api, server):
+    conversation = new_conversation(api)
+    body = {**GREEDY, "content": SONG_REQUEST, "max_tokens": 900}
+    with api.stream("POST", f"/conversations/{conversation}/messages", json=body) as response:
+        blocks = _blocks(response)
+        for _ in range(4):  # the reply is being written
+            next(blocks)
+        assert api.delete(f"/conversations/{conversation}").status_code == 204
+        rest = list(blocks)
+    assert (
+        rest[-1].startswith("event: error") and json.loads(rest[-1].split("data: ", 1)[1])["error"]["code"] == "deleted"
+    )
+    assert sum(block.startswith("event: text") for block in rest) < 100  # stopped, not written to the end (900)
+    deadline = time.monotonic() + 10
+    while server.app.state.engine.stats()["active"]:  # the generation left the engine
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert api.get(f"/conversations/{conversation}").status_code == 404

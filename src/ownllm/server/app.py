@@ -80,6 +80,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     app.state.created = int(time.time())
     app.state.metrics = Metrics()
     app.state.gate = GenerationGate(settings.max_slots + settings.max_queue)
+    app.state.replies = {}  # conversation id -> the Lease of the reply being written to it (conversations.py)
     app.state.ready = threading.Event()
     app.state.load_error = None
     app.state.loop = None

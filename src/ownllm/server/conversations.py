@@ -188,8 +188,14 @@ def change_conversation(
 
 
 @router.delete("/conversations/{conversation_id}", status_code=204)
-def delete_conversation(conversation_id: str, request: Request, owner: str = Depends(require_owner)) -> Response:
-    if not _store(request).delete_conversation(owner, conversation_id):
+async def delete_conversation(conversation_id: str, request: Request, owner: str = Depends(require_owner)) -> Response:
+    """Delete it; a reply still being written to it is stopped first (its stream ends with an error event)."""
+    if await run_in_threadpool(_store(request).get_conversation, owner, conversation_id, False) is None:
+        raise not_found()
+    running = request.app.state.replies.get(conversation_id)
+    if running is not None:
+        running.interrupt(APIError(409, "the conversation was deleted while this reply was written", code="deleted"))
+    if not await run_in_threadpool(_store(request).delete_conversation, owner, conversation_id):
         raise not_found()
     return Response(status_code=204)
 
@@ -288,6 +294,7 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
             raise APIError(400, str(e), param="content", code="context_length_exceeded") from None
         raise  # EngineBusy becomes a 503, other errors a 400 or 500, in the app's handlers
     start = {"user_message": added[0] if turn.user_id else None, "reply_id": turn.reply_id}
+    state.replies[conversation_id] = lease  # one reply at a time per conversation (the store's ConversationBusy)
     stream = _stream(state, lease, turn, events, first, start, time.perf_counter() - started)
     return EventStream(stream, headers={"Cache-Control": "no-store"})
 
@@ -348,6 +355,8 @@ async def _stream(
     except Exception as e:  # the stream has started: the error is its last event
         yield sse("error", {"error": error_body(e)})
     finally:
+        if state.replies.get(turn.conversation_id) is lease:
+            del state.replies[turn.conversation_id]
         await lease.close(events)  # cancels the generation if it is still running
         if not finished:
             with anyio.CancelScope(shield=True):

@@ -16,6 +16,7 @@ When the server is told to stop (SIGTERM, Ctrl-C), `GenerationGate.stop()` wakes
 generation that is waiting for its next item and raises ServerStopping there: a stream ends
 with an error event (and `data: [DONE]` on /v1), its reply is saved as interrupted, and only
 then does the server close the engine. New generations are refused with 503 meanwhile.
+`Lease.interrupt(error)` does the same for one generation (its conversation was deleted).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class GenerationGate:
         """On the event loop's thread: refuse new generations and end the running ones."""
         self.stopping = True
         for lease in list(self._leases):
-            lease.interrupt()
+            lease.interrupt(ServerStopping())
 
 
 class Lease:
@@ -85,6 +86,7 @@ class Lease:
     def __init__(self, gate: GenerationGate):
         self.gate = gate
         self.released = False
+        self.interrupted: APIError | None = None  # why the generation was ended from outside, if it was
         self._pumps: dict[int, _Pump] = {}
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -93,20 +95,25 @@ class Lease:
 
     async def take(self, iterator: Iterator[T]) -> list[T]:
         """Every item the iterator has produced since the last call (waiting for at least one); [] at its end."""
-        if self.gate.stopping:
-            raise ServerStopping()
+        self._check()
         return await self._pump(iterator).take()
 
     async def next(self, iterator: Iterator[T], default: T) -> T:
         """The iterator's next item, or `default` at its end."""
-        if self.gate.stopping:
-            raise ServerStopping()
+        self._check()
         return await self._pump(iterator).next(default)
 
-    def interrupt(self) -> None:
-        """Wake whoever waits for an item of this generation's iterators: ServerStopping is raised there."""
+    def interrupt(self, error: APIError) -> None:
+        """On the event loop's thread: end the generation; whoever waits for its next item gets `error` raised."""
+        self.interrupted = self.interrupted or error
         for pump in self._pumps.values():
-            pump.interrupt()
+            pump.interrupt(self.interrupted)
+
+    def _check(self) -> None:
+        if self.interrupted is not None:
+            raise self.interrupted
+        if self.gate.stopping:
+            raise ServerStopping()
 
     async def close(self, iterator: Iterator) -> None:
         """Stop and close the iterator (cancelling its generation), even while the task is being cancelled; release."""
@@ -149,7 +156,7 @@ class _Pump:
         self._wakeup = asyncio.Event()
         self._loop_waits = False
         self._stop = False
-        self._interrupted = False  # the server is stopping: a waiting take() raises ServerStopping
+        self._interrupted: APIError | None = None  # raised by a waiting take() (the server is stopping ...)
         self._finished = False
         self._ended = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="ownllm-pump", daemon=True)
@@ -208,15 +215,15 @@ class _Pump:
             self._ready.extend(await self.take())
         return self._ready.popleft() if self._ready else default
 
-    def interrupt(self) -> None:
-        self._interrupted = True
+    def interrupt(self, error: APIError) -> None:
+        self._interrupted = error
         self._wakeup.set()
 
     async def _arrivals(self) -> list:
         """What the thread has put since the last call, waiting for at least one item."""
         while True:
-            if self._interrupted:
-                raise ServerStopping()
+            if self._interrupted is not None:
+                raise self._interrupted
             with self._lock:
                 if self._arrived:
                     batch = list(self._arrived)
