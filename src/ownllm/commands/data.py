@@ -33,10 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _option(
         read,
         "--boundary",
-        "file",
+        "auto",
         "MODE",
-        "how text and HTML files are cut into documents: file, "
-        "blank-line, line, delimiter:TEXT (e.g. 'delimiter:<|endoftext|>') or regex:PATTERN",
+        "how text and HTML files are cut into documents: auto (a file is one document, but plain text "
+        "over 64 KiB is cut at chapter headings or paragraph breaks), file, blank-line, line, "
+        "delimiter:TEXT (e.g. 'delimiter:<|endoftext|>') or regex:PATTERN",
     )
     _option(read, "--jsonl-field", _DEFAULTS.jsonl_field, "NAME", "JSONL field holding the text")
     _option(read, "--parquet-column", _DEFAULTS.parquet_column, "NAME", "Parquet column holding the text")
@@ -142,6 +143,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_auto_splits(inputs: list[dict], most: int = 5) -> None:
+    """One line for each file the auto boundary cut into documents, e.g.
+    `book.txt: one 144 KB text cut into 12 documents at chapter headings`."""
+    cut = [entry for entry in inputs if entry["auto_split"] is not None]
+    for entry in cut[:most]:
+        split = entry["auto_split"]
+        where = [
+            label
+            for label, count in (
+                ("chapter headings", split["chapter_headings"]),
+                ("paragraph breaks", split["paragraph_breaks"]),
+                ("sentence ends inside long paragraphs", split["inside_paragraphs"]),
+            )
+            if count
+        ]
+        if where:
+            done = f"cut into {entry['documents']:,} documents at {' and '.join(where)}"
+        else:  # what was left after dropping a Gutenberg licence fits in one document
+            done = "kept as one document"
+        if split["gutenberg_dropped"]:
+            done += "; Project Gutenberg header and licence dropped"
+        say(f"{entry['path']}: one {_size(split['text_bytes'])} text {done} (--boundary file keeps it whole)")
+    if len(cut) > most:
+        say(f"... and {len(cut) - most:,} more long files cut into documents (see inputs in the manifest)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} KB"
+
+
 def _print_summary(manifest: dict, run_dir: RunDir) -> None:
     counts, splits = manifest["counts"], manifest["splits"]
     seconds = manifest["seconds"]
@@ -150,10 +181,20 @@ def _print_summary(manifest: dict, run_dir: RunDir) -> None:
         f"(train {splits['train']['documents']:,}, val {splits['val']['documents']:,}), "
         f"{counts['bytes_out'] / 1e6:,.1f} MB of text"
     )
+    _print_auto_splits(manifest["inputs"])
     if manifest["removed"]:
         say("removed: " + ", ".join(f"{reason} {n:,}" for reason, n in manifest["removed"].items()))
+    moved = manifest["split_moved"]
+    if moved is not None:
+        say(
+            f"{moved['to']} would be empty (the --val-fraction hash rule put no document there): moved "
+            f"{moved['document']}, the nearest to the threshold, from {moved['from']} to {moved['to']}"
+        )
     if splits["val"]["documents"] == 0 and manifest["settings"]["val_fraction"] > 0:
-        say("warning: the validation split is empty (too few documents); raise --val-fraction or add text")
+        say(
+            "warning: the validation split is empty, because all the text is one document, and pretraining "
+            "needs both splits; add text, or cut it into documents with --boundary blank-line"
+        )
     invalid = manifest["invalid_utf8"]
     if invalid["sequences_replaced"]:
         replaced, documents = invalid["sequences_replaced"], invalid["documents"]

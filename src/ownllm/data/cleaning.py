@@ -47,6 +47,9 @@ _GUTENBERG_END = re.compile(
     r"^[ \t]*(?:\*{3}[ \t]*END OF (?:THE|THIS) PROJECT GUTENBERG\b|END OF (?:THE )?PROJECT GUTENBERG\b)",
     re.IGNORECASE | re.MULTILINE,
 )
+# The same markers in raw bytes, for cutting a long file into documents before cleaning (autosplit.py).
+GUTENBERG_START_BYTES = re.compile(_GUTENBERG_START.pattern.encode("ascii"), re.IGNORECASE | re.MULTILINE)
+GUTENBERG_END_BYTES = re.compile(_GUTENBERG_END.pattern.encode("ascii"), re.IGNORECASE | re.MULTILINE)
 
 
 # Mojibake: UTF-8 bytes that were once decoded as Windows-1252 (or Latin-1), so "“" (E2 80 9C)

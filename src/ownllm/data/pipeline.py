@@ -5,7 +5,8 @@
     DocumentProcessor (workers)     decode, clean, quality filters, exact key, MinHash signature
         | results in input order
     Deduplicator (main process)     first of each exact / near-duplicate group is kept
-        | split by key hash: val if hash < --val-fraction
+        | split by key hash: val if hash < --val-fraction (but neither split left empty
+        |   when there are two documents: _OneSplitSoFar)
     CorpusWriter                    JSONL shards + manifest.json, built in a temporary
                                     directory that replaces corpus/ only when complete
 
@@ -18,6 +19,7 @@ inside the staging directory, deleted before the corpus is published.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -171,6 +173,7 @@ def build_corpus(settings: CorpusSettings, run: RunDir) -> dict:
                 bar.update(reader.disk_bytes_read - bar.n)
                 rate = report.documents_in / max(time.monotonic() - started, 1e-9)
                 bar.set_postfix_str(f"{report.documents_in:,} docs, {rate:,.0f} docs/s", refresh=False)
+            moved = assembler.finish()
         finally:
             results.close()  # stops the worker pool at once if anything went wrong
             bar.close()
@@ -181,7 +184,7 @@ def build_corpus(settings: CorpusSettings, run: RunDir) -> dict:
         _check_not_empty(summary, report, reader)
         _warn_skipped(reader)
         seconds = time.monotonic() - started
-        manifest = _manifest(settings, sources, reader, report, summary, assembler.dedup, seconds)
+        manifest = _manifest(settings, sources, reader, report, summary, assembler.dedup, moved, seconds)
         atomic_write_json(staging / "manifest.json", manifest)
 
     run.record_config("data", settings.to_dict())
@@ -211,11 +214,29 @@ class _Assembler:
             self.dedup = Deduplicator(near, settings.minhash_perms, directory=self._scratch)
         # (source, ordinal) of each kept document, to name the original of a duplicate in examples.
         self._kept_where = RowFile(self._scratch / "kept_where.u32", 2, np.uint32)
+        # With --val-fraction 0 an empty val split is what was asked for.
+        self._held = _OneSplitSoFar(self._scratch / "held.jsonl") if self.val_fraction > 0 else None
+
+    def finish(self) -> dict | None:
+        """Write the documents still held back. If they all went to one split, one of them moves
+        to the other (a single document goes to train); return what moved, for the manifest."""
+        held, self._held = self._held, None
+        if held is None:
+            return None
+        moved = held.write_to(self.writer, move_one=held.count >= 2 or held.split == "val")
+        held.close()
+        if moved is None:
+            return None
+        (source, ordinal), from_split = moved
+        to_split = "val" if from_split == "train" else "train"
+        return {"document": self.report.where(source, ordinal), "from": from_split, "to": to_split}
 
     def close(self) -> None:
         """Delete the scratch files (the duplicate index); the counts stay readable."""
         if self.dedup is not None:
             self.dedup.close()
+        if self._held is not None:
+            self._held.close()
         self._kept_where.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
@@ -240,8 +261,55 @@ class _Assembler:
                 report.duplicate(match, kept_where, source, ordinal, preview(outcome.text))
                 return
             self._kept_where.append((source, ordinal))
-        split = "val" if key_fraction(outcome.key) < self.val_fraction else "train"
+        fraction = key_fraction(outcome.key)
+        split = "val" if fraction < self.val_fraction else "train"
+        if self._held is not None:
+            if self._held.split in (None, split):
+                self._held.add(split, outcome.text, abs(fraction - self.val_fraction), (source, ordinal))
+                return
+            self._held.write_to(self.writer, move_one=False)  # both splits have documents now
+            self._held.close()
+            self._held = None
         self.writer.add(split, outcome.text)
+
+
+class _OneSplitSoFar:
+    """Kept documents, held in a scratch file for as long as every one so far went to the same split.
+
+    The hash rule splits per document, so a small corpus (one book cut into a dozen chapters) can
+    send every document to train, leaving val empty and pretraining without a validation loss.
+    Held documents are written out, in order, as soon as a document goes to the other split: each
+    split's shards are then byte for byte what writing them at once would give. If that never
+    happens, the held document whose hash came closest to --val-fraction moves to the other split.
+    """
+
+    def __init__(self, path: Path):
+        self._file = open(path, "w+", encoding="utf-8", newline="\n")  # one JSON string a line
+        self.split: str | None = None
+        self.count = 0
+        self._closest: tuple[float, int, tuple[int, int]] | None = None  # distance to the threshold, index, where
+
+    def add(self, split: str, text: str, distance: float, where: tuple[int, int]) -> None:
+        self._file.write(json.dumps(text, ensure_ascii=False) + "\n")
+        if self._closest is None or distance < self._closest[0]:
+            self._closest = (distance, self.count, where)
+        self.split = split
+        self.count += 1
+
+    def write_to(self, writer: CorpusWriter, move_one: bool) -> tuple[tuple[int, int], str] | None:
+        """Write the held documents to their split, or the closest one to the other if `move_one`;
+        return where the one moved came from (source, ordinal) and the split it left."""
+        if self.split is None or self._closest is None:
+            return None  # nothing held
+        held_split, other_split = self.split, "val" if self.split == "train" else "train"
+        moving = self._closest[1] if move_one else -1
+        self._file.seek(0)
+        for index, line in enumerate(self._file):
+            writer.add(other_split if index == moving else held_split, json.loads(line))
+        return (self._closest[2], held_split) if move_one else None
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _chunks(documents: Iterable[RawDocument]) -> Iterator[tuple[list, list]]:
@@ -305,7 +373,7 @@ def _check_not_empty(summary: dict, report: CorpusReport, reader: SourceReader) 
         raise UserError(f"all {kept:,} kept documents went to validation; lower --val-fraction")
 
 
-def _manifest(settings, sources, reader, report, summary, dedup, seconds) -> dict:
+def _manifest(settings, sources, reader, report, summary, dedup, moved, seconds) -> dict:
     splits = summary["splits"]
     documents_out = sum(s["documents"] for s in splits.values())
     inputs = []
@@ -319,6 +387,7 @@ def _manifest(settings, sources, reader, report, summary, dedup, seconds) -> dic
                 "compression": source.compression,
                 "boundary": source.boundary.spec if source.format in ("text", "html") else "record",
                 "documents": reader.documents[index],
+                "auto_split": reader.auto_splits[index].to_dict() if index in reader.auto_splits else None,
                 "skipped": reader.skipped.get(index),
             }
         )
@@ -335,6 +404,7 @@ def _manifest(settings, sources, reader, report, summary, dedup, seconds) -> dic
         "version": corpus_shards.VERSION,
         "corpus_hash": summary["corpus_hash"],
         "splits": splits,
+        "split_moved": moved,
         "created_by": f"ownllm {__version__} data",
         "counts": {
             "files": len(sources),

@@ -3,7 +3,8 @@
 An input is a file, a directory (searched recursively, names starting with "." skipped) or a
 glob pattern. The extension says how a file is read, after an optional compression suffix:
 
-    .txt .text .md .markdown     plain text, cut into documents by the boundary (--boundary)
+    .txt .text .md .markdown     plain text, cut into documents by the boundary (--boundary; the
+                                 default, auto, cuts only a long file: autosplit.py)
     .html .htm .xhtml            HTML, cut the same way; markup is removed later, in cleaning
     .jsonl .ndjson               one JSON record per line, one document per record (--jsonl-field)
     .parquet                     one document per row of a text column (--parquet-column)
@@ -35,11 +36,9 @@ from typing import BinaryIO, cast
 import zstandard
 
 from ownllm.core.errors import UserError
+from ownllm.data.autosplit import LOOKAHEAD_BYTES, PARAGRAPH_BREAK, AutoSplitter, SplitReport
 
 CHUNK_BYTES = 1 << 20
-# A separator match must end this far before the end of the bytes read so far (unless the
-# file has ended): room for a regex lookahead and for runs such as many blank lines.
-LOOKAHEAD_BYTES = 1024
 BINARY_SNIFF_BYTES = 1 << 16
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
@@ -73,7 +72,9 @@ BUNDLED_CORPUS = (
 class Boundary:
     """How a text file is cut into documents.
 
-    file          the whole file is one document (default)
+    auto          the whole file, unless it is plain text over 64 KiB: then chapters or runs of
+                  paragraphs (autosplit.py; the default for --input)
+    file          the whole file is one document
     blank-line    paragraphs: runs of lines separated by one or more blank lines
     line          every non-blank line is a document
     delimiter:S   documents are separated by the literal string S, e.g. delimiter:<|endoftext|>
@@ -82,14 +83,17 @@ class Boundary:
     """
 
     spec: str
-    separator: re.Pattern[bytes] | None  # None: one document per file
+    separator: re.Pattern[bytes] | None  # None: one document per file (auto: unless it is long)
+    auto: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> Boundary:
+        if spec == "auto":
+            return cls(spec, None, auto=True)
         if spec == "file":
             return cls(spec, None)
         if spec == "blank-line":
-            return cls(spec, re.compile(rb"\r?\n(?:[ \t\f\v]*\r?\n)+"))
+            return cls(spec, PARAGRAPH_BREAK)
         if spec == "line":
             return cls(spec, re.compile(rb"\n"))
         kind, _, value = spec.partition(":")
@@ -100,7 +104,9 @@ class Boundary:
                 return cls(spec, re.compile(value.encode("utf-8")))
             except re.error as e:
                 raise UserError(f"--boundary {spec!r}: invalid regular expression ({e})") from None
-        raise UserError(f"--boundary {spec!r} is not one of: file, blank-line, line, delimiter:TEXT, regex:PATTERN")
+        raise UserError(
+            f"--boundary {spec!r} is not one of: auto, file, blank-line, line, delimiter:TEXT, regex:PATTERN"
+        )
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,7 @@ class SourceReader:
         self.disk_bytes_read = 0  # for the progress bar
         self.documents = [0] * len(sources)
         self.skipped: dict[int, str] = {}  # source index -> reason ("binary")
+        self.auto_splits: dict[int, SplitReport] = {}  # source index -> how the auto boundary cut it
 
     def __iter__(self) -> Iterator[RawDocument]:
         for index, source in enumerate(self.sources):
@@ -234,9 +241,16 @@ class SourceReader:
                 self.skipped[index] = "binary"
                 return
             chunks = _chain_first(head, iter(lambda: stream.read(CHUNK_BYTES), b""))
-            for payload in split_documents(chunks, boundary.separator, self.max_document_bytes):
+            splitter = AutoSplitter(self.max_document_bytes) if boundary.auto and source.format == "text" else None
+            if splitter is not None:
+                payloads = splitter.split(chunks)
+            else:
+                payloads = split_documents(chunks, boundary.separator, self.max_document_bytes)
+            for payload in payloads:
                 self.documents[index] += 1
                 yield RawDocument(index, self.documents[index], source.format, payload)
+            if splitter is not None and splitter.report is not None:
+                self.auto_splits[index] = splitter.report
 
     @contextlib.contextmanager
     def _open(self, source: SourceFile) -> Iterator[BinaryIO]:
