@@ -22,7 +22,7 @@ import pytest
 from helpers import REPO, torch_threads
 from helpers.chat import GREETING, GREETING_REPLY, SONG_REQUEST, SYSTEM, TOOL_ANSWER, TOOL_QUESTION, tiny_chat_run
 from helpers.server import live_server
-from ownllm.server.security import owner_id
+from ownllm.server.security import legacy_owner_id, owner_id
 from ownllm.server.settings import ServerSettings
 from ownllm.server.store import Store
 
@@ -193,11 +193,12 @@ def test_feedback_on_a_reply(api, server):
 def test_another_key_sees_nothing_of_a_conversation(api, server):
     """Conversations kept under another key (the server restarted with a new one) do not exist for this one."""
     store = server.app.state.store
-    theirs = store.create_conversation(owner_id("someone else's key"), title="private")
-    turn = store.begin_turn(owner_id("someone else's key"), theirs["id"], "send", "secret")
+    other = owner_id("someone else's key", store.secret())
+    theirs = store.create_conversation(other, title="private")
+    turn = store.begin_turn(other, theirs["id"], "send", "secret")
     store.finish_message(turn.reply_id, "classified")
     mine = new_conversation(api)
-    assert owner_id(KEY) != owner_id("someone else's key")
+    assert owner_id(KEY, store.secret()) != other
     assert theirs["id"] not in [c["id"] for c in api.get("/conversations").json()["conversations"]]
     path = f"/conversations/{theirs['id']}"
     requests = [
@@ -215,7 +216,7 @@ def test_another_key_sees_nothing_of_a_conversation(api, server):
         unknown = api.request(method, url.replace(theirs["id"], "x" * 22).replace(turn.reply_id, "y" * 22), json=body)
         assert response.status_code == unknown.status_code == 404, (method, url)
         assert response.json() == unknown.json(), "the same answer as for an id that never existed"
-    assert store.get_conversation(owner_id("someone else's key"), theirs["id"])["title"] == "private"
+    assert store.get_conversation(other, theirs["id"])["title"] == "private"
     assert messages(api, mine) == []
 
 
@@ -490,3 +491,23 @@ def test_deleting_a_conversation_stops_its_reply(api, server):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert api.get(f"/conversations/{conversation}").status_code == 404
+
+
+def test_owners_are_a_keyed_hash_and_old_unkeyed_ones_are_migrated(run_dir, tmp_path):
+    run_dir = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("assistant.*"))
+    store = Store.for_run(run_dir)
+    old = store.create_conversation(legacy_owner_id(KEY), title="from before")  # as an older ownllm stored it
+    store.close()
+    for _ in range(2):  # the secret survives a restart: the same key finds the same conversations
+        with (
+            torch_threads(1),
+            live_server(run_dir, ServerSettings(api_key=KEY)) as live,
+            httpx.Client(base_url=f"{live.url}/api", headers={"Authorization": f"Bearer {KEY}"}) as api,
+        ):
+            assert [c["id"] for c in api.get("/conversations").json()["conversations"]] == [old["id"]]
+    secret = run_dir / "assistant.secret"
+    assert len(secret.read_bytes()) == 32 and secret.stat().st_mode & 0o777 == 0o600
+    store = Store.for_run(run_dir, recover=False)
+    owners = {row["owner"] for row in store._read("SELECT owner FROM conversations")}
+    store.close()
+    assert owners == {owner_id(KEY, secret.read_bytes())} and next(iter(owners)).startswith("hmac:")

@@ -35,7 +35,7 @@ from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine
 from ownllm.server import conversations, openai_api
 from ownllm.server.metrics import Metrics, MetricsMiddleware
-from ownllm.server.security import APIError, install_security, require_owner
+from ownllm.server.security import APIError, install_security, legacy_owner_id, owner_id, require_owner
 from ownllm.server.settings import ServerSettings
 from ownllm.server.store import Store
 from ownllm.server.streaming import GenerationGate
@@ -53,6 +53,11 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     async def lifespan(app: FastAPI):
         app.state.loop = asyncio.get_running_loop()  # where a shutdown signal hands over (connections.Server)
         app.state.store = Store.for_run(run_dir)
+        app.state.owner_secret = app.state.store.secret()
+        if settings.api_key:  # conversations kept under the old, unkeyed owner id move to the keyed one
+            app.state.store.rename_owner(
+                legacy_owner_id(settings.api_key), owner_id(settings.api_key, app.state.owner_secret)
+            )
         loader = None
         if engine is None:
             loader = threading.Thread(target=_load, args=(app, run_dir, settings), name="ownllm-load", daemon=True)

@@ -111,10 +111,16 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def owner_id(api_key: str | None) -> str:
-    """The identity a key's conversations are stored under; the key itself is never stored."""
+def owner_id(api_key: str | None, secret: bytes) -> str:
+    """The identity a key's conversations are stored under: a keyed hash (HMAC-SHA256 with the server's
+    secret, Store.secret), so neither the key nor anything to test key guesses against is stored."""
     if not api_key:
         return "local"
+    return "hmac:" + hmac.new(secret, api_key.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def legacy_owner_id(api_key: str) -> str:
+    """How owners were named before the keyed hash (a bare, shortened SHA-256): migrated at start-up."""
     return "sha256:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
 
 
@@ -139,7 +145,7 @@ def require_owner(request: Request) -> str:
         return "local"
     if not _key_matches(request.headers.get("authorization", ""), key):
         raise _missing_key()
-    return owner_id(key)
+    return owner_id(key, request.app.state.owner_secret)
 
 
 def install_security(app: FastAPI, settings: ServerSettings) -> None:

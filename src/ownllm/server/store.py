@@ -155,6 +155,31 @@ class Store:
     def for_run(cls, run_dir: str | Path, recover: bool = True) -> Store:
         return cls(Path(run_dir) / DB_NAME, recover=recover)
 
+    def secret(self) -> bytes:
+        """The server's secret for keyed hashes (security.owner_id), in a file of its own beside the database.
+
+        Made on first use (32 random bytes, readable by this user only), so that a copy of the
+        database alone does not let anyone test guesses of an API key against its owner ids.
+        """
+        path = self.path.with_suffix(".secret")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            secret = path.read_bytes()
+            if len(secret) < 32:
+                raise UserError(f"{path} is damaged (shorter than 32 bytes); delete it to make a new one") from None
+            return secret
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+            f.flush()
+            os.fsync(f.fileno())
+        return path.read_bytes()
+
+    def rename_owner(self, old: str, new: str) -> int:
+        """Move every conversation of owner `old` to `new` (a changed way of naming owners); how many moved."""
+        with self._write() as db:
+            return db.execute("UPDATE conversations SET owner = ? WHERE owner = ?", (new, old)).rowcount
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
