@@ -298,16 +298,44 @@ def test_cors_only_for_the_allow_list(server):
 
 
 @pytest.mark.parametrize("examples, same_cases_every_run", [(5, True), pytest.param(60, False, marks=pytest.mark.slow)])
-def test_fuzzing_the_openapi_schema_finds_no_server_error(server, examples, same_cases_every_run):
-    """Schemathesis generates valid and invalid requests for every operation of the served schema."""
+def test_fuzzing_every_route_finds_no_server_error(server, examples, same_cases_every_run):
+    """Schemathesis generates valid and invalid requests for every operation of the served schema (the
+    OpenAI routes, the conversations, feedback); each case with an id in its path is sent twice: with
+    the generated id and with the id of a real conversation (and its reply), so that the bodies reach
+    the handlers behind the 404. The routes outside the schema get every method with odd bodies."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis.generation.modes import GenerationMode
 
-    spec = httpx.get(server.url + "/openapi.json", headers=AUTH).json()
+    api = httpx.Client(base_url=server.url, headers=AUTH, timeout=60)
+
+    def real_ids() -> dict[str, str]:
+        conversations = api.get("/api/conversations").json()["conversations"]
+        if conversations:
+            conversation = api.get(f"/api/conversations/{conversations[0]['id']}").json()
+            replies = [m for m in conversation["messages"] if m["role"] == "assistant"]
+            if replies:
+                return {"conversation_id": conversation["id"], "message_id": replies[-1]["id"]}
+        made = api.post("/api/conversations", json={"title": "fuzzed"}).json()
+        with api.stream("POST", f"/api/conversations/{made['id']}/messages", json={"content": "hi"}) as reply:
+            reply.read()
+        return real_ids()
+
+    spec = api.get("/openapi.json").json()
+    assert {"/api/conversations/{conversation_id}/messages", "/api/messages/{message_id}/feedback"} <= set(
+        spec["paths"]
+    )
     schema = schemathesis.openapi.from_dict(spec)
     failures = []
+
+    def send(case) -> None:
+        response = case.call(base_url=server.url, headers=AUTH, timeout=30)
+        if response.status_code >= 500:
+            failures.append(
+                f"{case.method} {case.formatted_path} {case.body!r} -> {response.status_code} {response.text[:200]}"
+            )
+
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -321,17 +349,23 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(server, examples, same
             )
             @given(case=operation.as_strategy(generation_mode=mode))
             def no_server_error(case):
-                response = case.call(base_url=server.url, headers=AUTH, timeout=30)
-                if response.status_code >= 500:
-                    failures.append(
-                        f"{case.method} {case.formatted_path} {case.body!r} -> {response.status_code} "
-                        f"{response.text[:200]}"
-                    )
+                send(case)
+                if case.path_parameters:
+                    ids = real_ids()
+                    case.path_parameters = {name: ids.get(name, value) for name, value in case.path_parameters.items()}
+                    send(case)
 
             try:
                 no_server_error()
             except Unsatisfiable:  # an operation without parameters has no invalid request to make
                 assert mode == GenerationMode.NEGATIVE
+    bodies = [None, b"", b"{", b'{"a": 1}', b"[1, 2]", "\u00e9\ud800".encode("utf-8", "surrogatepass"), b"\x00" * 64]
+    for path in ("/", "/health", "/metrics", "/openapi.json", "/api/model-card", "/static/app.js", "/nowhere"):
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
+            for body in bodies:
+                response = api.request(method, path, content=body, headers={"Content-Type": "application/json"})
+                if response.status_code >= 500:
+                    failures.append(f"{method} {path} {body!r} -> {response.status_code} {response.text[:200]}")
     assert not failures, "\n".join(failures[:10])
 
 
