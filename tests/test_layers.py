@@ -22,6 +22,7 @@ LAYERS = {
     "chatformat": 3,
     "train": 4,
     "eval": 7,  # it measures the assistant too
+    "export": 7,
     "inference": 5,
     "assistant": 6,
     "server": 7,

@@ -91,6 +91,19 @@ def _hallucination_line(tasks: dict) -> str:
 
 
 def write_model_card(run: RunDir, model: ResolvedModel, out: Path) -> Path:
+    path = out / "MODEL_CARD.md"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, model_card(run, model))
+    return path
+
+
+def latest_eval(run: RunDir, model: ResolvedModel) -> dict | None:
+    """The model's eval results (eval/<stage>-step_NNNNNN.json), if it has been evaluated."""
+    return _latest_eval(run, model)
+
+
+def model_card(run: RunDir, model: ResolvedModel) -> str:
+    """The card as Markdown (also the README of an exported model)."""
     config = ModelConfig.from_dict(model.state["model_config"])
     with torch.device("meta"):
         parameters = Transformer(config).num_params()
@@ -168,7 +181,4 @@ def write_model_card(run: RunDir, model: ResolvedModel, out: Path) -> Path:
         "",
         "Whoever trained and serves this model answers for it; ownllm's issues are for the software.",
     ]
-    path = out / "MODEL_CARD.md"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"
