@@ -186,3 +186,13 @@ def test_bad_exports_are_refused_and_write_nothing(run, tmp_path, capsys):
     status, err = ownllm_here(capsys, "export", "--run", run, "--format", "gguf", "--out", taken, "--force")
     assert status == 0, err
     assert taken.is_file() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_the_exported_config_is_what_vllms_llama_loader_reads(exported):
+    """vLLM (GPU servers) cannot run here: check what its Llama loader reads from the directory."""
+    _, out, model, _ = exported
+    config = transformers.AutoConfig.from_pretrained(out)
+    assert config.architectures == ["LlamaForCausalLM"] and config.model_type == "llama"
+    assert config.max_position_embeddings == model.config.max_seq_len and config.head_dim == model.config.head_dim
+    assert config.rope_parameters["rope_type"] == "default" and config.num_key_value_heads == model.config.kv_heads
+    assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
