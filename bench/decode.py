@@ -22,6 +22,11 @@ caches and memory bandwidth shared with them).
     .venv/bin/python bench/decode.py --run runs/demo      # a trained checkpoint and its tokenizer
     python bench/decode.py --device cuda --preset gpu-small --batches 1,8,64   # on a GPU, bf16
 
+With --llama-cpp (and --run), llama.cpp joins on the same weights exported to GGUF (`ownllm
+export --format gguf`, f32 and q8_0; llama-cpp-python, built from source), the same thread
+count: one sequence at a time (its b8 figure is 8 sequences one after another, which is what a
+llama.cpp user gets from one context), greedy tokens checked against ours before timing.
+
 On CUDA the engine is timed twice, decoding from CUDA graphs (its default) and plain (one
 PyTorch call per step), both against HF `generate()` on the same bf16 weights; the script
 also reports whether the two engines' greedy tokens are identical.
@@ -90,6 +95,36 @@ def build(args) -> tuple[dict[str, Engine], torch.nn.Module]:
     return engines, hf.to(device=engine.device, dtype=engine.dtype)
 
 
+def llama_cpp_contenders(run: Path, threads: int, context: int) -> dict:
+    """llama.cpp on the run's model exported as GGUF, f32 and q8_0: a generate function for each."""
+    import itertools
+    import tempfile
+
+    import llama_cpp
+
+    from ownllm.export.gguf_file import write_gguf
+    from ownllm.run import RunDir
+    from ownllm.run.models import resolve_model
+
+    run_dir = RunDir.open(run, create=False)
+    resolved, tokenizer = resolve_model(run_dir), Tokenizer.load(run_dir.tokenizer)
+    scratch = Path(tempfile.mkdtemp(prefix="ownllm-bench-gguf-"))
+    contenders = {}
+    for quantize in ("f32", "q8_0"):
+        path = scratch / f"model-{quantize}.gguf"
+        write_gguf(tokenizer, resolved, path, run_dir.root.name, quantize)
+        llm = llama_cpp.Llama(str(path), n_ctx=context, n_batch=context, n_threads=threads, verbose=False)
+
+        def generate(prompts: torch.Tensor, new: int, llm=llm) -> list[list[int]]:
+            return [
+                list(itertools.islice(llm.generate(row, temp=0.0, top_k=1, reset=True), new))
+                for row in prompts.tolist()
+            ]
+
+        contenders[f"llama.cpp {quantize}"] = generate
+    return contenders
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -110,6 +145,9 @@ def main() -> None:
         help="the engine's decode mode (auto: CUDA graphs on a GPU); a plain engine is timed beside it",
     )
     parser.add_argument("--json", type=Path, help="also write the medians here")
+    parser.add_argument(
+        "--llama-cpp", action="store_true", help="also time llama.cpp on the run's model as GGUF (f32, q8_0)"
+    )
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
 
@@ -150,12 +188,21 @@ def main() -> None:
         return out[:, prompts.shape[1] :].tolist()
 
     contenders = {name: ours_with(e) for name, e in engines.items()} | {"HF": theirs}
+    if args.llama_cpp:
+        if not args.run:
+            raise SystemExit("--llama-cpp needs --run (a trained model and its tokenizer to export)")
+        contenders |= llama_cpp_contenders(args.run, args.threads, config.max_seq_len)
     agreement = {}
     if not args.sample:  # same function, same greedy tokens (a near-tie may flip late; the start must agree)
         a, b = contenders[next(iter(engines))](short[:2], 24), theirs(short[:2], 24)
         agreement["first 8 tokens, ours vs HF"] = [x[:8] for x in a] == [x[:8] for x in b]
         if engine.dtype == torch.float32:
             assert agreement["first 8 tokens, ours vs HF"], f"ours {a} vs HF {b}: the models differ"
+        for name in contenders:
+            if name.startswith("llama.cpp"):
+                agreement[f"first 8 tokens, ours vs {name}"] = [x[:8] for x in a] == [
+                    x[:8] for x in contenders[name](short[:2], 24)
+                ]
         if len(engines) > 1:
             runs = [contenders[name](short, n_new) for name in engines]
             agreement[f"{engine.decode} vs plain, greedy, identical sequences"] = (
@@ -241,6 +288,19 @@ def main() -> None:
                     "hf_tok_s": statistics.median(hfs),
                     "ratio": statistics.median(paired),
                 }
+    first = next(iter(engines))
+    for name in (c for c in contenders if c.startswith("llama.cpp")):
+        print(f"\n{'wall-clock tok/s':<20}{name + ' median':>22}{'best':>9}{'ours / ' + name:>30}")
+        for s in scenarios:
+            theirs_rates, paired = rates[s, name], [x / y for x, y in zip(rates[s, first], rates[s, name])]
+            print(
+                f"{s:<20}{statistics.median(theirs_rates):>22,.0f}{max(theirs_rates):>9,.0f}"
+                f"{statistics.median(paired):>17.2f}x (range {min(paired):.2f}-{max(paired):.2f})"
+            )
+            results[f"wall-clock {s} {name}"] = {
+                "tok_s": statistics.median(theirs_rates),
+                "ours_ratio": statistics.median(paired),
+            }
     if floor_rates:
         wall_floor = statistics.median(w for w, _ in floor_rates)
         cpu_floor = statistics.median(c for _, c in floor_rates)

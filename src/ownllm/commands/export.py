@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         made.rename(out)
     say(f"exported the {model.stage or 'checkpoint'} model {model.path} as {args.format} to {out}")
+    if args.quantize != "f32":
+        say(formats.quantization_cost(run_dir, model, args.quantize))
     for line in formats.how_to_use(args.format, out):
         print(line)
     return 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ownllm.export.gguf_file import write_gguf
+from ownllm.core.errors import UserError
+from ownllm.eval.evaluate import val_task
+from ownllm.export.gguf_file import dequantized_model, write_gguf
 from ownllm.export.hf import write_hf
 from ownllm.run import RunDir
 from ownllm.run.models import ResolvedModel
+from ownllm.run.token_shards import open_tokens
 from ownllm.tokenizer import Tokenizer
 
 # Ollama's Go template for our chat format (its own template language, not Jinja).
@@ -45,6 +48,21 @@ def export(fmt: str, run: RunDir, model: ResolvedModel, scratch: Path, name: str
     write_gguf(tokenizer, model, made / gguf_name, run.root.name, quantize)
     (made / "Modelfile").write_text(modelfile(gguf_name, model.stage == "sft"), encoding="utf-8")
     return made
+
+
+def quantization_cost(run: RunDir, model: ResolvedModel, quantize: str, windows: int = 64) -> str:
+    """One line: bits per byte on the validation split, the exact weights against what `quantize` keeps of them."""
+    try:
+        split = open_tokens(run.tokens, run.tokenizer, run.corpus).split("val")
+    except UserError as e:
+        return f"the cost of {quantize} was not measured: {e}"
+    exact = val_task(model.load("cpu"), split, 16, windows)
+    rounded = val_task(dequantized_model(model, quantize), split, 16, windows)
+    a, b = exact["metrics"]["bits_per_byte"], rounded["metrics"]["bits_per_byte"]
+    return (
+        f"{quantize} on the validation split ({exact['items']:,} tokens): {b:.5f} bits per byte against "
+        f"{a:.5f} for float32 ({b - a:+.5f}, {100 * (b - a) / a:+.3f}%)"
+    )
 
 
 def modelfile(gguf_name: str, chat: bool) -> str:
