@@ -25,7 +25,9 @@ caches and memory bandwidth shared with them).
 With --llama-cpp (and --run), llama.cpp joins on the same weights exported to GGUF (`ownllm
 export --format gguf`, f32 and q8_0; llama-cpp-python, built from source), the same thread
 count: one sequence at a time (its b8 figure is 8 sequences one after another, which is what a
-llama.cpp user gets from one context), greedy tokens checked against ours before timing.
+llama.cpp user gets from one context), greedy tokens checked against ours before timing. Its
+weight repacking for special CPU kernels is off unless --llama-repack: on this Xeon its AMX
+repacking of q8_0 weights made llama_decode crash on the demo model.
 
 On CUDA the engine is timed twice, decoding from CUDA graphs (its default) and plain (one
 PyTorch call per step), both against HF `generate()` on the same bf16 weights; the script
@@ -95,14 +97,25 @@ def build(args) -> tuple[dict[str, Engine], torch.nn.Module]:
     return engines, hf.to(device=engine.device, dtype=engine.dtype)
 
 
-def llama_cpp_contenders(run: Path, threads: int, context: int) -> dict:
+def llama_cpp_contenders(run: Path, threads: int, context: int, repack: bool) -> dict:
     """llama.cpp on the run's model exported as GGUF, f32 and q8_0: a generate function for each."""
     import itertools
     import tempfile
 
     import llama_cpp
+    import llama_cpp.llama
 
     from ownllm.export.gguf_file import write_gguf
+
+    if not repack:  # llama.cpp's AMX repacking of q8_0 weights crashed (segfault) on the demo model's shapes here
+        defaults = llama_cpp.llama_model_default_params
+
+        def no_repacking():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama.llama_cpp.llama_model_default_params = no_repacking
     from ownllm.run import RunDir
     from ownllm.run.models import resolve_model
 
@@ -148,6 +161,11 @@ def main() -> None:
     parser.add_argument(
         "--llama-cpp", action="store_true", help="also time llama.cpp on the run's model as GGUF (f32, q8_0)"
     )
+    parser.add_argument(
+        "--llama-repack",
+        action="store_true",
+        help="let llama.cpp repack weights for its CPU kernels (AMX q8_0 crashed on small models here; off by default)",
+    )
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
 
@@ -191,7 +209,7 @@ def main() -> None:
     if args.llama_cpp:
         if not args.run:
             raise SystemExit("--llama-cpp needs --run (a trained model and its tokenizer to export)")
-        contenders |= llama_cpp_contenders(args.run, args.threads, config.max_seq_len)
+        contenders |= llama_cpp_contenders(args.run, args.threads, config.max_seq_len, args.llama_repack)
     agreement = {}
     if not args.sample:  # same function, same greedy tokens (a near-tie may flip late; the start must agree)
         a, b = contenders[next(iter(engines))](short[:2], 24), theirs(short[:2], 24)
