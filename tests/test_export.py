@@ -196,3 +196,15 @@ def test_the_exported_config_is_what_vllms_llama_loader_reads(exported):
     assert config.max_position_embeddings == model.config.max_seq_len and config.head_dim == model.config.head_dim
     assert config.rope_parameters["rope_type"] == "default" and config.num_key_value_heads == model.config.kv_heads
     assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_shape_a_format_cannot_express_is_refused(tokenizer_run, tmp_path, capsys):
+    run = tmp_path / "qk"
+    shutil.copytree(tokenizer_run, run)
+    settings = ["--preset", "tiny", "--set", "steps=1", "--set", "threads=1", "--set", "sample_every=0"]
+    status, err = ownllm_here(capsys, "pretrain", "--run", run, *settings, "--set", "model.qk_norm=true")
+    assert status == 0, err
+    for fmt, out in (("hf", tmp_path / "hf"), ("gguf", tmp_path / "m.gguf")):
+        status, err = ownllm_here(capsys, "export", "--run", run, "--format", fmt, "--out", out)
+        assert status == 2 and "QK-norm" in err and err.count("\n") == 1 and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
