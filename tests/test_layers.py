@@ -24,6 +24,7 @@ LAYERS = {
     "eval": 7,  # it measures the assistant too
     "export": 7,
     "inference": 5,
+    "knowledge": 5,
     "assistant": 6,
     "server": 7,
     "commands": 8,

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("ownllm.commands.chat", "talk to the assistant in the terminal, or answer one prompt (-p)"),
     "feedback": ("ownllm.commands.feedback", "export the replies rated on the web page as fine-tuning data"),
     "serve": ("ownllm.commands.serve", "serve the chat page and an OpenAI-compatible API for the model"),
+    "kb": ("ownllm.commands.kb", "the knowledge base: add, list, remove and search your documents"),
     "export": ("ownllm.commands.export", "export the model for Hugging Face transformers, llama.cpp (GGUF) or Ollama"),
 }
 

@@ -1,0 +1,1 @@
+"""The knowledge base: documents chunked, indexed and searched (docs/architecture.md)."""

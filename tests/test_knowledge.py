@@ -1,0 +1,160 @@
+"""The knowledge base: chunking, reading documents, incremental adding, a transaction per document under
+interruption, BM25 search (hostile queries included), and `ownllm kb` from the command line."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from helpers.runs import bpe_run, ownllm_here
+from ownllm.cli import main
+from ownllm.core.errors import UserError
+from ownllm.knowledge import base as kb_module
+from ownllm.knowledge.base import KnowledgeBase
+from ownllm.knowledge.chunking import _units, chunk_text
+from ownllm.knowledge.documents import read_document
+
+STORY = (
+    "Tom has a red kite. He flies it in the park every Sunday. "
+    "His sister Mia prefers boats.\n\nThe lake is cold in winter. Ducks swim there anyway! "
+    "Who feeds them? An old man named Bert does, with bread from the bakery."
+)
+
+
+def test_chunks_are_exact_spans_of_whole_sentences_with_overlap():
+    chunks = chunk_text(STORY * 4, max_chars=120, overlap_chars=40)
+    text = STORY * 4
+    assert len(chunks) > 4 and all(text[c.start : c.end] == c.text for c in chunks)
+    assert all(len(c.text) <= 120 for c in chunks)
+    assert all(c.text[-1] in ".!?" for c in chunks[:-1])  # cut after a sentence, never inside one
+    assert any(chunks[i + 1].start < chunks[i].end for i in range(len(chunks) - 1))  # overlap
+    assert all(chunks[i + 1].end > chunks[i].end for i in range(len(chunks) - 1))  # always progress
+    assert chunk_text("") == [] and chunk_text("   \n\n ") == []
+    long = chunk_text("word " * 100, max_chars=60, overlap_chars=10)  # one sentence, cut at spaces
+    assert all(len(c.text) <= 60 and not c.text.endswith(" ") for c in long) and len(long) >= 8
+
+
+def test_a_paragraph_break_ends_a_sentence_and_wrapped_lines_do_not():
+    text = "A heading\n\nA line that wraps\nonto the next. Then more"
+    assert [text[a:b] for a, b in _units(text, 600)] == ["A heading", "A line that wraps\nonto the next.", "Then more"]
+
+
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF whose page shows `text` in Helvetica (written by hand: no PDF library writes text here)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def test_documents_are_read_as_text(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text(
+        "<html><head><style>p{}</style></head><body><h1>Title</h1><p>Kept &amp; shown.</p>"
+        "<script>alert('no')</script></body></html>"
+    )
+    assert read_document(page) == "Title\n\nKept & shown."
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "first"}\n\n{"content": "second"}\n{"question": "Q?", "answer": "A."}\n')
+    assert read_document(rows) == "first\n\nsecond\n\nQ?\nA."
+    pdf = tmp_path / "doc.pdf"
+    pdf.write_bytes(minimal_pdf("The vault code is 4417."))
+    assert "The vault code is 4417." in read_document(pdf)
+    bad = [
+        ("broken.pdf", b"%PDF-1.4\nnot really a pdf"),
+        ("blob.txt", b"\x00\x01binary"),
+        ("rows2.jsonl", b'{"text": "ok"}\nnot json\n'),
+        ("sheet.xlsx", b"PK"),
+    ]
+    for name, data in bad:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError) as error:
+            read_document(tmp_path / name)
+        assert name in str(error.value) and "\n" not in str(error.value)
+
+
+def test_adding_is_incremental_and_search_finds_the_passage(tmp_path):
+    doc = tmp_path / "notes.md"
+    doc.write_text("The quarterly meeting is on Friday in room 4.\n\nBring the budget.")
+    other = tmp_path / "other.txt"
+    other.write_text("Cats sleep a lot. The office cat is called Biscuit.")
+    kb = KnowledgeBase(tmp_path / "knowledge.db")
+    assert kb.add(doc)[0] == "added" and kb.add(other)[0] == "added"
+    assert kb.add(doc)[0] == "unchanged"
+    (hit,) = kb.search("when is the meeting", k=1)
+    assert hit.path == str(doc.resolve()) and "Friday" in hit.text
+    assert kb.search("office cat name", k=1)[0].path == str(other.resolve())
+    doc.write_text("The quarterly meeting moved to Monday.")
+    assert kb.add(doc)[0] == "replaced"
+    assert all("Friday" not in h.text for h in kb.search("meeting Friday", k=5))
+    assert kb.remove(doc) and not kb.remove(doc)
+    assert [d["path"] for d in kb.documents()] == [str(other.resolve())]
+    for query in ['"', "AND OR NOT", "*", "meeting) OR (", "NEAR(a b)", "", "🙂", "col:umn"]:
+        kb.search(query)  # FTS5 query syntax in the user's words never reaches the parser
+    kb.close()
+
+
+def test_an_interrupted_add_leaves_the_document_as_it_was(tmp_path, monkeypatch):
+    doc = tmp_path / "notes.md"
+    doc.write_text("Version one of the notes. " * 40)
+    kb = KnowledgeBase(tmp_path / "knowledge.db")
+    kb.add(doc)
+    before = (kb.documents(), kb.search("version one", k=3))
+    doc.write_text("Version two of the notes. " * 40)
+    real = kb_module.chunk_text
+
+    def interrupted(text, **kwargs):
+        chunks = real(text, **kwargs)
+        return chunks[:2] + [object()]  # the third insert fails half-way through the transaction
+
+    monkeypatch.setattr(kb_module, "chunk_text", interrupted)
+    with pytest.raises(AttributeError):
+        kb.add(doc)
+    assert (kb.documents(), kb.search("version one", k=3)) == before
+    monkeypatch.setattr(kb_module, "chunk_text", real)
+    assert kb.add(doc)[0] == "replaced" and kb.search("version two", k=1)
+    db = sqlite3.connect(tmp_path / "knowledge.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    (chunks,) = db.execute("SELECT COUNT(*) FROM chunks").fetchone()
+    (indexed,) = db.execute("SELECT COUNT(*) FROM chunks_fts").fetchone()
+    assert chunks == indexed == kb.documents()[0]["chunks"]
+    kb.close()
+
+
+def test_ownllm_kb_from_the_command_line(tmp_path, capsys):
+    run = bpe_run(tmp_path / "run")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.md").write_text("The launch code word is pelican.")
+    (docs / "sub" / "b.txt").write_text("Lunch is served at noon.")
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    status, err = ownllm_here(capsys, "kb", "add", "--run", run, docs)
+    assert status == 0, err
+    assert "2 added, 0 replaced, 0 unchanged" in err and "1 other files skipped" in err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["kb", "search", "--run", str(run), "launch code", "-k", "1"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"[1] {(docs / 'a.md').resolve()} (passage 0") and "pelican" in printed
+    status, err = ownllm_here(capsys, "kb", "add", "--run", run, tmp_path / "missing")
+    assert status == 2 and err.count("\n") == 1 and "does not exist" in err
+    status, err = ownllm_here(capsys, "kb", "remove", "--run", run, docs / "nope.md")
+    assert status == 2 and "not in the knowledge base" in err
+    status, err = ownllm_here(capsys, "kb", "remove", "--run", run, docs / "a.md")
+    assert status == 0, err
+    assert [d["path"] for d in KnowledgeBase.for_run(run).documents()] == [str((docs / "sub" / "b.txt").resolve())]
