@@ -103,6 +103,7 @@ def test_adding_is_incremental_and_search_finds_the_passage(tmp_path):
     assert all("Friday" not in h.text for h in kb.search("meeting Friday", k=5))
     assert kb.remove(doc) and not kb.remove(doc)
     assert [d["path"] for d in kb.documents()] == [str(other.resolve())]
+    assert kb.search("what is the", k=1)  # only common words: they are kept
     for query in ['"', "AND OR NOT", "*", "meeting) OR (", "NEAR(a b)", "", "🙂", "col:umn"]:
         kb.search(query)  # FTS5 query syntax in the user's words never reaches the parser
     kb.close()

@@ -11,7 +11,8 @@
 Adding a document is one transaction: its old chunks go and its new ones come together, so an
 interrupted `ownllm kb add` leaves every document either as it was or wholly replaced, and
 running it again finishes the rest (unchanged documents are skipped by their hash). Search is
-FTS5's BM25 over the query's words (any of them may match; rarer words weigh more). The
+FTS5's BM25 over the query's words but the commonest (any of them may match; rarer words weigh
+more). The
 `embedding` column is where the retrieval issue's own embeddings go; it is empty today.
 """
 
@@ -53,6 +54,14 @@ CREATE INDEX chunks_by_document ON chunks (document_id, position);
 CREATE VIRTUAL TABLE chunks_fts USING fts5 (text, tokenize = 'porter unicode61');
 """
 _WORD = re.compile(r"\w+", re.UNICODE)
+# The commonest English words: BM25 gives them almost no weight, but each matches most passages, and
+# scoring every matched passage is what a search costs (100,000 passages: p95 157 ms with them, see
+# docs/benchmarks.md). A query made only of them keeps them.
+STOPWORDS = frozenset(
+    "a an and are as at be but by did do does for from had has have he her his how i if in into is it its me "
+    "my no not of on or our she so than that the their them then there these they this those to was we were "
+    "what when where which who whom whose why will with would you your".split()
+)
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,7 @@ class KnowledgeBase:
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The k passages that match the query's words best (BM25); [] when none matches."""
         words = dict.fromkeys(w.lower() for w in _WORD.findall(query))
+        words = {w: None for w in words if w not in STOPWORDS} or words
         if not words or k < 1:
             return []
         match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
