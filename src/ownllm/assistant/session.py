@@ -27,12 +27,15 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ownllm.assistant.knowledge import Citation, augment
 from ownllm.assistant.reply import ReplyEvent, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_write_json
+from ownllm.knowledge.base import DB_NAME as KNOWLEDGE_DB
+from ownllm.knowledge.base import KnowledgeBase
 
 FORMAT = "ownllm.chat"
 VERSION = 1
@@ -121,6 +124,8 @@ class ChatSession:
         self.settings = settings.checked()
         self.history: Conversation = []  # user and assistant (and tool) messages, without the system message
         self.last_dropped = 0  # messages the last reply left out to fit the context
+        self.knowledge: KnowledgeBase | None = None  # answer from it (assistant/knowledge.py) when set
+        self.last_citations: list[Citation] = []  # where the last reply's passage came from
         self.note = note or _describe_system(self.system)  # for a person: where the system prompt came from
 
     @classmethod
@@ -131,10 +136,12 @@ class ChatSession:
         system: str | None = None,
         settings: Settings = Settings(),
         device: str = "auto",
+        knowledge: bool | None = None,
     ) -> ChatSession:
         """A session on the latest checkpoint of `stage` (None: sft if the run has one, else pretrain).
 
-        `system` None takes the default (see default_system_prompt); "" means none.
+        `system` None takes the default (see default_system_prompt); "" means none. `knowledge`:
+        answer from the run's knowledge base (None: if it has documents).
         """
         from ownllm.inference.engine import Engine  # lazy: start-up (`ownllm chat --help` does not import torch)
 
@@ -145,15 +152,28 @@ class ChatSession:
             resolved = engine.resolved
             assert resolved is not None  # Engine.load sets it
             system, note = default_system_prompt(resolved.persona, resolved.stage, resolved.path)
-        return cls(engine, ChatTemplate(engine.tokenizer), system, settings, note)
+        session = cls(engine, ChatTemplate(engine.tokenizer), system, settings, note)
+        db = Path(run) / KNOWLEDGE_DB
+        if knowledge or (knowledge is None and db.is_file()):
+            session.knowledge = KnowledgeBase(db)
+            if knowledge is None and not session.knowledge.documents():
+                session.knowledge.close()
+                session.knowledge = None
+        return session
 
     def conversation(self) -> Conversation:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
     def send(self, text: str) -> Generator[ReplyEvent, None, None]:
-        """Add the user's message and stream the reply; the history keeps whatever of it was written."""
+        """Add the user's message and stream the reply; the history keeps whatever of it was written.
+
+        With a knowledge base the message may go out with a passage before it (last_citations says which).
+        """
+        validate([{"role": "user", "content": text}])  # an empty message is refused before anything changes
+        self.last_citations = []
+        if self.knowledge is not None:
+            text, self.last_citations = augment(text, self.knowledge, self._fits)
         message = {"role": "user", "content": text}
-        validate([message])  # an empty message is refused before anything changes
         conversation = self.conversation() + [message]
         events = reply(self.engine, self.template, conversation, self.settings.sampling())
         written: list[Message] = []  # tool calls and results that completed
@@ -180,9 +200,18 @@ class ChatSession:
             if started and not done:
                 self.history += written + [{"role": "assistant", "content": text_so_far}]
 
+    def _fits(self, text: str) -> bool:
+        """Whether a message of `text` after the system prompt leaves the reply its room in the context."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        prompt = self.template.render_prompt([*system, {"role": "user", "content": text}])
+        context = self.engine.context_size
+        return len(prompt) <= context - min(self.settings.max_tokens, context // 4)
+
     def close(self) -> None:
-        """Stop the engine's scheduler thread."""
+        """Stop the engine's scheduler thread (and close the knowledge base)."""
         self.engine.close()
+        if self.knowledge is not None:
+            self.knowledge.close()
 
     def reset(self) -> None:
         """Forget the conversation; the system prompt and the settings stay."""

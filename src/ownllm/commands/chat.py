@@ -93,6 +93,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="which checkpoints to chat with (default: sft if the run has them, else pretrain)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--kb",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="answer from the run's knowledge base (`ownllm kb add`), citing the passage "
+        "(default: when it has documents)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         ).checked()
         session = ChatSession.open(
-            args.run, stage=args.stage, system=args.system, settings=settings, device=args.device
+            args.run, stage=args.stage, system=args.system, settings=settings, device=args.device, knowledge=args.kb
         )
     say(session.note)
     try:
@@ -131,7 +138,14 @@ def answer_once(session: ChatSession, prompt: str) -> int:
     for event in session.send(prompt):
         shown.show(event)
     shown.end()
+    cite(session)
     return 0
+
+
+def cite(session: ChatSession) -> None:
+    """Where the passage the reply was given came from (on stderr, after the reply)."""
+    for citation in session.last_citations:
+        say(f"source: {citation.path}, passage {citation.position + 1} (characters {citation.start}-{citation.end})")
 
 
 class Display:
@@ -227,6 +241,7 @@ class Repl:
             events.close()
             signal.signal(signal.SIGINT, previous)
             shown.end()
+        cite(self.session)
         if self.stop_requested:
             say("[stopped]")
 

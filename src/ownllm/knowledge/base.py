@@ -57,11 +57,12 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # The commonest English words: BM25 gives them almost no weight, but each matches most passages, and
 # scoring every matched passage is what a search costs (100,000 passages: p95 157 ms with them, see
 # docs/benchmarks.md). A query made only of them keeps them.
-STOPWORDS = frozenset(
+_COMMON = (
     "a an and are as at be but by did do does for from had has have he her his how i if in into is it its me "
     "my no not of on or our she so than that the their them then there these they this those to was we were "
-    "what when where which who whom whose why will with would you your".split()
+    "what when where which who whom whose why will with would you your"
 )
+STOPWORDS = frozenset(_COMMON.split())
 
 
 @dataclass(frozen=True)
