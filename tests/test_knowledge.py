@@ -216,3 +216,33 @@ def test_ownllm_chat_answers_with_a_citation(tmp_path_factory, tmp_path, capsys)
     assert status == 0 and "source:" not in err
     status, err = ownllm_here(capsys, *question[:-1], "What is your name?")
     assert status == 0 and "source:" not in err  # not about any document: asked as it is
+
+
+def test_the_api_answers_from_the_knowledge_base_and_says_so(tmp_path_factory, tmp_path):
+    import json
+    import shutil
+
+    import httpx
+
+    from helpers import torch_threads
+    from helpers.chat import tiny_chat_run
+    from helpers.server import live_server
+    from ownllm.server.settings import ServerSettings
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_chat_run(tmp_path_factory), run)
+    doc = tmp_path / "notes.md"
+    doc.write_text("The quarterly meeting is on Friday in room 4.")
+    kb = KnowledgeBase.for_run(run)
+    kb.add(doc)
+    kb.close()
+    question = {"messages": [{"role": "user", "content": "When is the quarterly meeting?"}], "max_tokens": 4}
+    with torch_threads(1), live_server(run, ServerSettings()) as live:
+        url = live.url + "/v1/chat/completions"
+        answer = httpx.post(url, json=question, timeout=60).json()
+        (citation,) = answer["citations"]
+        assert citation["path"] == str(doc.resolve()) and citation["text"] == doc.read_text()
+        assert "citations" not in httpx.post(url, json={**question, "knowledge": False}, timeout=60).json()
+        with httpx.stream("POST", url, json={**question, "stream": True}, timeout=60) as response:
+            chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+        assert chunks[-1]["citations"] == [citation] and all("citations" not in c for c in chunks[:-1])

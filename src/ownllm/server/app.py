@@ -33,6 +33,8 @@ from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine
+from ownllm.knowledge.base import DB_NAME as KNOWLEDGE_DB
+from ownllm.knowledge.base import KnowledgeBase
 from ownllm.server import conversations, openai_api
 from ownllm.server.metrics import Metrics, MetricsMiddleware
 from ownllm.server.security import APIError, install_security, legacy_owner_id, owner_id, require_owner
@@ -53,6 +55,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     async def lifespan(app: FastAPI):
         app.state.loop = asyncio.get_running_loop()  # where a shutdown signal hands over (connections.Server)
         app.state.store = Store.for_run(run_dir)
+        app.state.knowledge = KnowledgeBase(run_dir / KNOWLEDGE_DB) if (run_dir / KNOWLEDGE_DB).is_file() else None
         app.state.owner_secret = app.state.store.secret()
         if settings.api_key:  # conversations kept under the old, unkeyed owner id move to the keyed one
             app.state.store.rename_owner(
@@ -71,6 +74,8 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
             if loader is not None:
                 await anyio.to_thread.run_sync(_close_loaded, app)
             app.state.store.close()
+            if app.state.knowledge is not None:
+                app.state.knowledge.close()
 
     # The interactive docs pages load scripts from a CDN: left out. The schema is served below, behind the key.
     app = FastAPI(
@@ -81,6 +86,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     app.state.template = None
     app.state.persona = None
     app.state.store = None
+    app.state.knowledge = None  # the run's knowledge base (knowledge.db), when it has one
     app.state.model_id = run_dir.resolve().name
     app.state.created = int(time.time())
     app.state.metrics = Metrics()

@@ -31,12 +31,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from ownllm.assistant.knowledge import Citation, augment
 from ownllm.assistant.reply import ContextOverflow, ReplyEvent, fit_to_context, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, validate
 from ownllm.chatformat.template import ChatTemplate
@@ -108,8 +109,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     started = time.perf_counter()
     lease = state.gate.admit()
     pieces: Iterator = iter(())
+    citations: list[Citation] = []
     try:
         dropped = 0
+        if state.knowledge is not None and body.knowledge is not False:
+            conversation, citations = await lease.run(answer_from_knowledge, state, conversation, params.max_tokens)
         if truncate:  # trimmed here, not only inside reply(), so the count can go in the headers of a stream
             conversation, dropped = await lease.run(
                 fit, state.template, conversation, state.engine.context_size, params.max_tokens
@@ -120,7 +124,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         await lease.close(pieces)
         raise
     headers = {"OwnLLM-Dropped-Messages": str(dropped)} if dropped else {}
-    return await respond(ChatFormat(state.model_id), body, lease, pieces, first, started, headers, state.metrics)
+    fmt = ChatFormat(state.model_id, [asdict(c) for c in citations])
+    return await respond(fmt, body, lease, pieces, first, started, headers, state.metrics)
+
+
+def answer_from_knowledge(state: Any, conversation: Conversation, max_tokens: int) -> tuple[Conversation, list]:
+    """The conversation with its last message asked with a passage from the knowledge base, if one is about it."""
+    context = state.engine.context_size
+    head = conversation[:1] if conversation[0]["role"] == "system" else []
+
+    def fits(text: str) -> bool:
+        prompt = state.template.render_prompt([*head, {"role": "user", "content": text}])
+        return len(prompt) <= context - min(max_tokens, context // 4)
+
+    message, citations = augment(conversation[-1]["content"], state.knowledge, fits)
+    return [*conversation[:-1], {"role": "user", "content": message}], citations
 
 
 @router.post("/completions")
@@ -239,9 +257,10 @@ class ChatFormat:
     id_prefix = "chatcmpl-"
     truncated_key = "dropped_messages"  # in the "truncated" field of a response that dropped turns
 
-    def __init__(self, model_id: str):
+    def __init__(self, model_id: str, citations: list[dict] | None = None):
         self.id = self.id_prefix + secrets.token_hex(16)  # unguessable
         self.created, self.model = int(time.time()), model_id
+        self.citations = citations or []  # passages from the knowledge base the reply was given
         # The chunk of a text delta, around its JSON-encoded text: built once, as streaming writes one per piece.
         mark = "\u0000piece\u0000"
         self._text_around = sse(self.envelope(self.chunk_object, [self.delta(mark)])).split(json.dumps(mark))
@@ -259,6 +278,13 @@ class ChatFormat:
             "choices": choices,
             **extra,
         }
+
+    def ending(self, dropped: int) -> dict:
+        """What the whole response (or a stream's last chunk) adds: dropped turns, cited passages."""
+        extra: dict[str, Any] = {"truncated": {self.truncated_key: dropped}} if dropped else {}
+        if self.citations:
+            extra["citations"] = self.citations
+        return extra
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
         return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
@@ -312,7 +338,7 @@ async def respond(
     finished = _finished(parts[-1] if parts else None)
     metrics.observe_generation(finished.prompt_tokens, finished.completion_tokens, finished.finish_reason, first_token)
     text = "".join(p for p in parts if isinstance(p, str))
-    extra = {"truncated": {fmt.truncated_key: finished.dropped}} if finished.dropped else {}
+    extra = fmt.ending(finished.dropped)
     return JSONResponse(
         fmt.envelope(fmt.object, [fmt.choice(text, finished.finish_reason)], usage=_usage(finished), **extra),
         headers=headers,
@@ -337,7 +363,7 @@ async def _stream(
         metrics.observe_generation(
             finished.prompt_tokens, finished.completion_tokens, finished.finish_reason, first_token
         )
-        extra = {"truncated": {fmt.truncated_key: finished.dropped}} if finished.dropped else {}
+        extra = fmt.ending(finished.dropped)
         yield sse(fmt.envelope(fmt.chunk_object, [fmt.delta({}, finished.finish_reason)], **extra))
         if include_usage:
             yield sse(fmt.envelope(fmt.chunk_object, [], usage=_usage(finished)))

@@ -23,7 +23,8 @@ checks the table):
 Other unknown fields are ignored, as OpenAI clients add new ones over time.
 
 Extensions beyond OpenAI's fields: `top_k`, `repetition_penalty` (the engine's sampling
-settings) and `truncate` (drop the oldest turns of a conversation that does not fit).
+settings), `truncate` (drop the oldest turns of a conversation that does not fit) and, for
+chat, `knowledge` (answer from the run's knowledge base; default: when it has documents).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ class ChatCompletionRequest(GenerationFields):
     prediction: Any = None
     reasoning_effort: Any = None
     web_search_options: Any = None
+    knowledge: bool | None = None  # extension: answer from the run's knowledge base (None: when it has documents)
 
     def check(self, settings: ServerSettings) -> None:
         """As GenerationFields.check, after taking max_completion_tokens as max_tokens; then the messages."""
