@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ownllm.assistant.knowledge import Citation, augment
+from ownllm.assistant.memory import MemoryStore, relevant, stated_fact, with_memories
 from ownllm.assistant.reply import ReplyEvent, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
 from ownllm.chatformat.persona import Persona
@@ -126,6 +127,9 @@ class ChatSession:
         self.last_dropped = 0  # messages the last reply left out to fit the context
         self.knowledge: KnowledgeBase | None = None  # answer from it (assistant/knowledge.py) when set
         self.last_citations: list[Citation] = []  # where the last reply's passage came from
+        self.memory: MemoryStore | None = None  # the user's memories (assistant/memory.py) when set
+        self.memory_owner = "local"
+        self.last_remembered: str | None = None  # the fact the last message stated, now kept
         self.note = note or _describe_system(self.system)  # for a person: where the system prompt came from
 
     @classmethod
@@ -167,14 +171,22 @@ class ChatSession:
     def send(self, text: str) -> Generator[ReplyEvent, None, None]:
         """Add the user's message and stream the reply; the history keeps whatever of it was written.
 
-        With a knowledge base the message may go out with a passage before it (last_citations says which).
+        With a knowledge base the message may go out with a passage before it (last_citations says which);
+        with a memory, a fact it states is kept (last_remembered) and the memories it is about ride in
+        the system prompt of this reply.
         """
         validate([{"role": "user", "content": text}])  # an empty message is refused before anything changes
-        self.last_citations = []
+        self.last_citations, self.last_remembered, system = [], None, self.system
+        if self.memory is not None:
+            self.last_remembered = stated_fact(text)
+            if self.last_remembered:
+                self.memory.remember(self.memory_owner, self.last_remembered)
+            kept = [m["text"] for m in self.memory.memories(self.memory_owner)]
+            system = with_memories(self.system, relevant(kept, text))
         if self.knowledge is not None:
             text, self.last_citations = augment(text, self.knowledge, self._fits)
         message = {"role": "user", "content": text}
-        conversation = self.conversation() + [message]
+        conversation = ([{"role": "system", "content": system}] if system else []) + self.history + [message]
         events = reply(self.engine, self.template, conversation, self.settings.sampling())
         written: list[Message] = []  # tool calls and results that completed
         text_so_far = ""

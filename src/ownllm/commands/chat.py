@@ -26,6 +26,7 @@ from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.core.interrupts import sigint_blocked
 from ownllm.run import RunDir
+from ownllm.server.store import Store
 
 HELP = """\
 commands:
@@ -34,6 +35,8 @@ commands:
   /save FILE        save the conversation and settings as JSON
   /load FILE        continue a saved conversation
   /set NAME VALUE   change a sampling setting (/set alone lists them): {names}
+  /remember TEXT    keep a fact about you for later conversations ("my name is ..." is kept by itself)
+  /memories         what is kept, numbered;  /forget N  deletes memory N
   /help             this list
   /quit             leave (or Ctrl-D)
 Ctrl-C stops a reply; what it wrote so far stays in the conversation."""
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         session = ChatSession.open(
             args.run, stage=args.stage, system=args.system, settings=settings, device=args.device, knowledge=args.kb
         )
+        session.memory = Store.for_run(args.run)  # the same memories as a server without a key ("local")
     say(session.note)
     try:
         if prompt is not None:
@@ -130,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         return Repl(session, Path(args.run)).loop()
     finally:
         session.close()
+        session.memory.close()
 
 
 def answer_once(session: ChatSession, prompt: str) -> int:
@@ -143,7 +148,9 @@ def answer_once(session: ChatSession, prompt: str) -> int:
 
 
 def cite(session: ChatSession) -> None:
-    """Where the passage the reply was given came from (on stderr, after the reply)."""
+    """Where the passage the reply was given came from, and what was remembered (on stderr, after the reply)."""
+    if session.last_remembered:
+        say(f"(remembered: {session.last_remembered} /memories lists what is kept)")
     for citation in session.last_citations:
         say(f"source: {citation.path}, passage {citation.position + 1} (characters {citation.start}-{citation.end})")
 
@@ -285,6 +292,28 @@ class Repl:
                     f"loaded {rest}: {len(session.history)} messages; "
                     + (f"system prompt: {session.system}" if session.system else "no system prompt")
                 )
+        elif name in ("/remember", "/memories", "/forget"):
+            self.memories(name, rest)
         else:
             raise UserError(f"unknown command {name}; /help lists the commands")
         return None
+
+    def memories(self, name: str, rest: str) -> None:
+        memory, owner = self.session.memory, self.session.memory_owner
+        assert memory is not None  # run() gives every session one
+        if name == "/remember":
+            if not rest:
+                raise UserError("/remember needs the fact: /remember the meeting is on Friday")
+            say(f"remembered: {memory.remember(owner, rest)['text']}")
+            return
+        kept = memory.memories(owner)
+        if name == "/forget":
+            if not rest.isdigit() or not 1 <= int(rest) <= len(kept):
+                raise UserError(f"/forget needs the number of a memory (1-{len(kept)}); /memories lists them")
+            memory.forget(owner, kept[int(rest) - 1]["id"])
+            say(f"forgotten: {kept[int(rest) - 1]['text']}")
+            return
+        for i, m in enumerate(kept, 1):
+            print(f"  {i}. {m['text']}")
+        if not kept:
+            say('no memories yet: /remember TEXT, or tell me ("my name is ...")')

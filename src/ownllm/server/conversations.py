@@ -15,6 +15,12 @@ for an id that never existed, so ids reveal nothing. Errors have the OpenAI shap
     POST   /api/conversations/{id}/regenerate      {temperature?, max_tokens?, system_prompt?} -> stream
     POST   /api/conversations/{id}/edit            {content, ...}: replace the last user message -> stream
     POST   /api/messages/{id}/feedback             {rating: "up" | "down" | null, comment?}
+    GET    /api/memories                           what the assistant keeps about the caller
+    POST   /api/memories                           {text} -> 201;  DELETE /api/memories/{id} -> 204
+
+A message that states a fact about its writer ("my name is Sam", "remember that ...") is kept
+as a memory of that owner (assistant/memory.py), and the memories a message is about ride in the
+system prompt of its reply; each key sees and deletes only its own.
 
 A stream is `text/event-stream`, one JSON object per event:
 
@@ -52,6 +58,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from ownllm.assistant.memory import relevant, stated_fact, with_memories
 from ownllm.assistant.reply import ContextOverflow, ReplyEvent, reply
 from ownllm.inference.engine import SamplingParams
 from ownllm.server.openai_api import error_body, served
@@ -63,6 +70,7 @@ from ownllm.server.streaming import EventStream, Lease
 FLUSH_SECONDS = 0.5  # how often a streaming reply's text is saved: at most this much is lost to a crash
 MAX_TITLE_CHARS = 200
 MAX_COMMENT_CHARS = 2000
+MAX_MEMORY_CHARS = 500
 DEFAULT_TEMPERATURE = 0.8
 
 router = APIRouter()
@@ -99,6 +107,10 @@ class Regenerate(Strict):
 
 class UserMessage(Regenerate):
     content: Text = Field(min_length=1)
+
+
+class NewMemory(Strict):
+    text: Text = Field(min_length=1, max_length=MAX_MEMORY_CHARS)
 
 
 class Feedback(Strict):
@@ -210,6 +222,25 @@ def export_conversation(conversation_id: str, request: Request, owner: str = Dep
     )
 
 
+@router.get("/memories")
+def list_memories(request: Request, owner: str = Depends(require_owner)) -> dict:
+    return {"memories": _store(request).memories(owner)}
+
+
+@router.post("/memories", status_code=201)
+def add_memory(body: NewMemory, request: Request, owner: str = Depends(require_owner)) -> dict:
+    if not body.text.strip():
+        raise APIError(400, "text is empty; say what to remember", param="text")
+    return _store(request).remember(owner, body.text)
+
+
+@router.delete("/memories/{memory_id}", status_code=204)
+def delete_memory(memory_id: str, request: Request, owner: str = Depends(require_owner)) -> Response:
+    if not _store(request).forget(owner, memory_id):
+        raise not_found("memory")
+    return Response(status_code=204)
+
+
 @router.post("/messages/{message_id}/feedback")
 def rate_message(message_id: str, body: Feedback, request: Request, owner: str = Depends(require_owner)) -> dict:
     rated = _store(request).rate(owner, message_id, body.rating, body.comment)
@@ -265,6 +296,10 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
             )
         )
     system = conversation["system_prompt"] if body.system_prompt is None else body.system_prompt
+    if content is not None and (fact := stated_fact(content)):
+        await run_in_threadpool(store.remember, owner, fact)
+    kept = [m["text"] for m in await run_in_threadpool(store.memories, owner)]
+    system = with_memories(system, relevant(kept, content or "")) or ""
     params = SamplingParams(
         max_tokens=settings.get("max_tokens") or state.settings.default_max_tokens,
         temperature=settings.get("temperature", DEFAULT_TEMPERATURE),

@@ -4,6 +4,7 @@
     messages       id, conversation_id, parent_id, position, role, content, tool_call (JSON),
                    status (complete | streaming | interrupted), active, created
     feedback       message_id, rating (+1 | -1), comment, created
+    memories       id, owner, text, created: what a user asked the assistant to remember
 
 Messages form a tree: each one points at the message it follows (`parent_id`). Regenerating
 a reply or editing the last user message does not delete anything; it marks the replaced
@@ -85,6 +86,16 @@ MIGRATIONS: list[str] = [
         comment    TEXT NOT NULL DEFAULT '',
         created    REAL NOT NULL
     );
+    """,
+    # 3: facts a user asked the assistant to remember (assistant/memory.py), per owner.
+    """
+    CREATE TABLE memories (
+        id      TEXT PRIMARY KEY,
+        owner   TEXT NOT NULL,
+        text    TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX memories_by_owner ON memories (owner, created);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -176,8 +187,9 @@ class Store:
         return path.read_bytes()
 
     def rename_owner(self, old: str, new: str) -> int:
-        """Move every conversation of owner `old` to `new` (a changed way of naming owners); how many moved."""
+        """Move everything of owner `old` to `new` (a changed way of naming owners); how many conversations moved."""
         with self._write() as db:
+            db.execute("UPDATE memories SET owner = ? WHERE owner = ?", (new, old))
             return db.execute("UPDATE conversations SET owner = ? WHERE owner = ?", (new, old)).rowcount
 
     def close(self) -> None:
@@ -441,6 +453,26 @@ class Store:
         return message_id
 
     # Feedback.
+
+    # Memories: what a user asked to be remembered, theirs alone.
+
+    def remember(self, owner: str, text: str) -> dict:
+        """Keep a fact for `owner` (the same text twice is kept once); the memory."""
+        text = " ".join(text.split())
+        with self._write() as db:
+            row = db.execute("SELECT id, created FROM memories WHERE owner = ? AND text = ?", (owner, text)).fetchone()
+            if row is None:
+                row = (new_id(), time.time())
+                db.execute("INSERT INTO memories VALUES (?, ?, ?, ?)", (row[0], owner, text, row[1]))
+        return {"id": row[0], "text": text, "created": row[1]}
+
+    def memories(self, owner: str) -> list[dict]:
+        rows = self._read("SELECT id, text, created FROM memories WHERE owner = ? ORDER BY created, rowid", (owner,))
+        return [{"id": r["id"], "text": r["text"], "created": r["created"]} for r in rows]
+
+    def forget(self, owner: str, memory_id: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM memories WHERE id = ? AND owner = ?", (memory_id, owner)).rowcount > 0
 
     def rate(self, owner: str, message_id: str, rating: str | None, comment: str = "") -> dict | None:
         """Thumbs "up" or "down" on an assistant message, or None to take the rating back.
