@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import CORPUS, run_ownllm, torch_threads
-from helpers.runs import TINY_CHAT_BASE, bpe_run, ownllm_here
+from helpers.runs import SFT, TINY_CHAT_BASE, bpe_run, ownllm_here
 
 
 @pytest.fixture(autouse=True)
@@ -53,5 +53,15 @@ def pretrained_run(tokenizer_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("pretrained") / "run"
     shutil.copytree(tokenizer_run, run)
     status, err = ownllm_here(None, "pretrain", "--run", run, *TINY_CHAT_BASE)
+    assert status == 0, err
+    return run
+
+
+@pytest.fixture(scope="module")
+def chat_run(pretrained_run, tmp_path_factory):
+    """The pretrained run after a few steps of fine-tuning as "Ada": a base model and a chat model."""
+    run = tmp_path_factory.mktemp("chat") / "run"
+    shutil.copytree(pretrained_run, run)
+    status, err = ownllm_here(None, "sft", "--run", run, *SFT, "--persona-name", "Ada", "--set", "steps=4")
     assert status == 0, err
     return run

@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 
 from helpers.processes import finish, torchrun
-from helpers.runs import SFT, ownllm_here
+from helpers.runs import ownllm_here
 from ownllm.chatformat.generated import GeneratedMix, generate_conversations, held_out
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.eval import chat_eval, chat_tasks, squad
@@ -108,15 +108,6 @@ def test_rouge_l_and_bleu_against_references():
     # ROUGE-L is the longest common subsequence's F-measure: 4 of 6 words in order, 4 of 4 predicted
     part = chat_eval.reference_metrics([item], [Reply("Tom lives in city")])
     assert part["rouge_l"][0] == pytest.approx(2 * (4 / 4) * (4 / 6) / (4 / 4 + 4 / 6))
-
-
-@pytest.fixture(scope="module")
-def chat_run(pretrained_run, tmp_path_factory):
-    run = tmp_path_factory.mktemp("chat") / "run"
-    shutil.copytree(pretrained_run, run)
-    status, err = ownllm_here(None, "sft", "--run", run, *SFT, "--persona-name", "Ada", "--set", "steps=4")
-    assert status == 0, err
-    return run
 
 
 def test_replies_do_not_depend_on_how_many_are_asked_at_once(chat_run):

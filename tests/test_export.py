@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.runs import SFT, ownllm_here
+from helpers.runs import ownllm_here
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.export.gguf_file import dequantized_model
 from ownllm.export.hf_tokenizer import merge_list
@@ -54,13 +54,9 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def run(pretrained_run, tmp_path_factory):
-    """A run with a base model and a chat model (a few steps of each)."""
-    run = tmp_path_factory.mktemp("export") / "run"
-    shutil.copytree(pretrained_run, run)
-    status, err = ownllm_here(None, "sft", "--run", run, *SFT, "--persona-name", "Ada", "--set", "steps=4")
-    assert status == 0, err
-    return run
+def run(chat_run):
+    """A run with a base model and a chat model (conftest's chat_run)."""
+    return chat_run
 
 
 @pytest.fixture(scope="module", params=["sft", "pretrain"])

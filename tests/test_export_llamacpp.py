@@ -6,13 +6,12 @@ prompt ids."""
 from __future__ import annotations
 
 import itertools
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from helpers.runs import SFT, ownllm_here
+from helpers.runs import ownllm_here
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.inference.engine import Engine, SamplingParams
 from ownllm.run import RunDir
@@ -31,12 +30,9 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def exported(pretrained_run, tmp_path_factory):
-    run = tmp_path_factory.mktemp("llamacpp") / "run"
-    shutil.copytree(pretrained_run, run)
-    status, err = ownllm_here(None, "sft", "--run", run, *SFT, "--persona-name", "Ada", "--set", "steps=4")
-    assert status == 0, err
-    path = run / "model.gguf"
+def exported(chat_run, tmp_path_factory):
+    run = chat_run
+    path = tmp_path_factory.mktemp("gguf") / "model.gguf"
     status, err = ownllm_here(None, "export", "--run", run, "--format", "gguf", "--out", path)
     assert status == 0, err
     model = resolve_model(RunDir.open(run, create=False)).load("cpu")
