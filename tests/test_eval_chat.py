@@ -127,7 +127,7 @@ def test_replies_do_not_depend_on_how_many_are_asked_at_once(chat_run):
 
 
 def test_ownllm_eval_asks_the_chat_model(chat_run, capsys):
-    tasks = "chat_name,chat_calculator,chat_story,chat_passage,squad,closed_book"
+    tasks = "chat_name,chat_calculator,chat_story,chat_passage,squad,closed_book,chat_multi_turn"
     status, err = ownllm_here(capsys, "eval", "--run", chat_run, "--stage", "pretrain", "--tasks", "piqa,chat_name")
     assert status == 2 and err.count("\n") == 1 and "chat tasks need a fine-tuned model" in err
     status, err = ownllm_here(capsys, "eval", "--run", chat_run, "--tasks", tasks, "--limit", "3")
@@ -140,6 +140,7 @@ def test_ownllm_eval_asks_the_chat_model(chat_run, capsys):
     assert saved["chat_name"]["items"] == 3 and set(saved["chat_name"]["metrics"]) == {"acc"}
     assert set(saved["chat_calculator"]["metrics"]) == {"acc", "called", "right_call"}
     assert set(saved["closed_book"]["metrics"]) == {"correct", "abstained", "made_up"}
+    assert set(saved["chat_multi_turn"]["metrics"]) == {"name", "calculator", "story", "acc"}
     assert saved["squad"]["items"] == 3 and {"exact_match", "f1", "rouge_l", "bleu"} == set(saved["squad"]["metrics"])
     assert saved["squad"]["examples"][0]["prompt"].startswith("Read the text and answer the question.")
     status, err = ownllm_here(capsys, "report", "--run", chat_run)
@@ -170,3 +171,24 @@ def test_two_processes_split_the_items_and_agree_with_one(chat_run, tmp_path, ca
         assert two[name]["items"] == one[name]["items"], name
         assert two[name]["metrics"] == pytest.approx(one[name]["metrics"], rel=1e-5), name
     assert two["chat_name"]["examples"] == one["chat_name"]["examples"]  # the same replies, gathered in order
+
+
+def test_a_multi_turn_item_scores_every_turn():
+    (item,) = chat_tasks.chat_multi_turn("Ada", count=1)
+    name_turn, sum_turn = item.earlier
+    assert name_turn.prompt in chat_tasks.NAME_QUESTIONS and "story" in item.prompt.lower()
+    right_sum = sum_turn.check.args[0]  # the expected result the calculator check holds
+    story = " ".join(["Once upon a time there was a", *item.check.args[1][2].args[0], "and it was happy."] * 3)
+    replies = Reply(story, (), (Reply("I am Ada."), Reply(f"It is {right_sum}.", (f"calculator({_expr(sum_turn)})",))))
+    assert item.check(replies) == {"name": 1.0, "calculator": 1.0, "story": 1.0, "acc": 1.0}
+    wrong = Reply("The answer is 27.", (), replies.earlier)
+    assert item.check(wrong) == {"name": 1.0, "calculator": 1.0, "story": 0.0, "acc": 0.0}
+
+
+def _expr(turn) -> str:
+    """The expression of a calculator item, from its prompt ("What is 23 plus 37?" -> "23 + 37")."""
+    words = {"plus": "+", "minus": "-", "times": "*", "multiplied by": "*", "x": "*"}
+    a, b = re.findall(r"\d+", turn.prompt)
+    op = next((sym for word, sym in words.items() if f" {word} " in turn.prompt), None)
+    op = op or next(c for c in "+-*" if f" {c} " in turn.prompt)
+    return f"{a} {op} {b}"

@@ -8,8 +8,9 @@
 Benchmarks (any model): val (the run's validation split), wikitext2, hellaswag, arc_easy,
 arc_challenge, piqa, blimp, crows_pairs (a bias probe). Chat skills (a fine-tuned model, asked
 through the reply loop): chat_name, chat_calculator, chat_story, chat_passage, squad,
-closed_book. The default is every task the model can take. --limit N scores the first N items
-of each (windows for val and wikitext2).
+closed_book, chat_multi_turn (name, sum and story in one conversation). The default is every
+task the model can take. --limit N scores the first N items of each (windows for val and
+wikitext2).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ownllm.run import RunDir
 
 # eval/tasks.py's ALL_TASKS and eval/chat_tasks.py's CHAT_TASKS (not imported: `--help` stays free of torch)
 BENCHMARKS = ("val", "wikitext2", "hellaswag", "arc_easy", "arc_challenge", "piqa", "blimp", "crows_pairs")
-CHAT_TASKS = ("chat_name", "chat_calculator", "chat_story", "chat_passage", "squad", "closed_book")
+CHAT_TASKS = ("chat_name", "chat_calculator", "chat_story", "chat_passage", "squad", "closed_book", "chat_multi_turn")
 TASK_NAMES = BENCHMARKS + CHAT_TASKS
 
 

@@ -38,16 +38,26 @@ def conversation(system: str | None, prompt: str) -> Conversation:
 
 
 def ask(engine: Engine, template: ChatTemplate, system: str | None, item: ChatItem) -> Reply:
-    """The assistant's reply to one item, through the reply loop (tool calls run)."""
-    params = replace(Settings().sampling(), max_tokens=item.max_tokens, seed=item.seed)
-    text: list[str] = []
-    calls: list[str] = []
-    for event in reply(engine, template, conversation(system, item.prompt), params, truncate=False):
-        if event.kind == "text":
-            text.append(event.text)
-        elif event.kind == "tool_call":
-            calls.append(event.text)
-    return Reply("".join(text).strip(), tuple(calls))
+    """The assistant's reply to one item, through the reply loop (tool calls run); an item with earlier
+    turns is one conversation, each turn asked after the replies before it (the oldest dropped if need be)."""
+    history: Conversation = []
+    replies: list[Reply] = []
+    for turn in (*item.earlier, item):
+        params = replace(Settings().sampling(), max_tokens=turn.max_tokens, seed=item.seed)
+        message = {"role": "user", "content": turn.prompt}
+        text: list[str] = []
+        calls: list[str] = []
+        head = [{"role": "system", "content": system}] if system else []
+        whole = head + history + [message]
+        for event in reply(engine, template, whole, params, truncate=bool(item.earlier)):
+            if event.kind == "text":
+                text.append(event.text)
+            elif event.kind == "tool_call":
+                calls.append(event.text)
+            elif event.kind == "done":
+                history += [message, *event.messages]
+        replies.append(Reply("".join(text).strip(), tuple(calls)))
+    return replace(replies[-1], earlier=tuple(replies[:-1]))
 
 
 def fitting(items: list[ChatItem], fits, limit: int | None) -> tuple[list[ChatItem], int]:

@@ -24,6 +24,9 @@ the evaluation asks the same questions.
   closed_book      the same SQuAD questions without the paragraph: correct (a gold answer in
                    the reply), abstained ("I don't know", "the text does not say" ...), and
                    made_up, the rest: a confident wrong answer, the hallucination rate
+  chat_multi_turn  20 conversations of three turns: its name, then a sum, then a story, each
+                   asked after the replies to the ones before (phrasings and numbers vary):
+                   name, calculator, story as above, and acc = all three right
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from ownllm.chatformat.calculator import calculate
@@ -45,6 +48,7 @@ from ownllm.eval import squad
 class Reply:
     text: str  # the reply's text, tool calls left out
     tool_calls: tuple[str, ...] = ()  # as written after <|tool_call|>: "calculator(12 * 7)"
+    earlier: tuple[Reply, ...] = ()  # the replies to the item's earlier turns, in order
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class ChatItem:
     check: Callable[[Reply], dict[str, float]]
     references: tuple[str, ...] = ()  # for ROUGE-L and BLEU, where the task has them
     group: str = ""  # a sub-population reported on its own (chat_passage: answerable / unanswerable)
+    earlier: tuple[ChatItem, ...] = ()  # turns asked first in the same conversation (chat_multi_turn)
 
 
 def _rng(task: str, i: int) -> random.Random:
@@ -213,10 +218,27 @@ def closed_book(count: int = 200) -> list[ChatItem]:
     ]
 
 
+def _all_turns(names: tuple[str, ...], checks: tuple, reply: Reply) -> dict[str, float]:
+    passed = {n: check(r)["acc"] for n, check, r in zip(names, checks, (*reply.earlier, reply), strict=True)}
+    return {**passed, "acc": float(all(passed.values()))}
+
+
+def chat_multi_turn(persona_name: str, count: int = 20) -> list[ChatItem]:
+    names, calculators, stories = chat_name(persona_name, seeds=1), chat_calculator(), chat_story()
+    made = []
+    for i in range(count):
+        name, calculator, story = names[i % len(names)], calculators[i], stories[i]
+        check = partial(_all_turns, ("name", "calculator", "story"), (name.check, calculator.check, story.check))
+        made.append(replace(story, seed=i, check=check, earlier=(name, calculator)))
+    return made
+
+
 def items(name: str, persona_name: str) -> list[ChatItem]:
     """Every item of the task `name` (one of CHAT_TASKS)."""
     if name == "chat_name":
         return chat_name(persona_name)
+    if name == "chat_multi_turn":
+        return chat_multi_turn(persona_name)
     return {
         "chat_calculator": chat_calculator,
         "chat_story": chat_story,
@@ -226,4 +248,4 @@ def items(name: str, persona_name: str) -> list[ChatItem]:
     }[name]()
 
 
-CHAT_TASKS = ("chat_name", "chat_calculator", "chat_story", "chat_passage", "squad", "closed_book")
+CHAT_TASKS = ("chat_name", "chat_calculator", "chat_story", "chat_passage", "squad", "closed_book", "chat_multi_turn")

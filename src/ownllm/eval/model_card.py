@@ -67,6 +67,10 @@ def _chat_lines(tasks: dict, state: dict) -> list[str]:
         "squad": lambda m: (
             f"SQuAD v1.1 questions on a Wikipedia paragraph: exact match {m['exact_match']:.1%}, F1 {m['f1']:.1%}"
         ),
+        "chat_multi_turn": lambda m: (
+            f"its name, a sum and a story asked one after another in one conversation: all three right "
+            f"{m['acc']:.0%} (name {m['name']:.0%}, sum {m['calculator']:.0%}, story {m['story']:.0%})"
+        ),
     }
     found = [(name, tasks[name]) for name in said if name in tasks and tasks[name]["items"]]
     if not found:
