@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("ownllm.commands.pretrain", "pretrain the transformer on the token shards"),
     "sample": ("ownllm.commands.sample", "print a continuation of a prompt from the latest checkpoint"),
     "sft": ("ownllm.commands.sft", "fine-tune the pretrained model into a chat assistant"),
-    "eval": ("ownllm.commands.eval", "score a model on benchmark tasks (HellaSwag, ARC, PIQA, BLiMP, WikiText-2, ...)"),
+    "eval": ("ownllm.commands.eval", "score a model: benchmarks (HellaSwag, ARC, PIQA, ...) and a chat model's skills"),
     "report": ("ownllm.commands.report", "write the run's report: plots of the training and tables of results"),
     "chat": ("ownllm.commands.chat", "talk to the assistant in the terminal, or answer one prompt (-p)"),
     "feedback": ("ownllm.commands.feedback", "export the replies rated on the web page as fine-tuning data"),
