@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ownllm.core.errors import UserError
+from ownllm.core.sqlite import use_wal
 from ownllm.knowledge.chunking import chunk_text
 from ownllm.knowledge.documents import read_document
 
@@ -82,7 +83,7 @@ class KnowledgeBase:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         try:
-            self._db.execute("PRAGMA journal_mode = WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA foreign_keys = ON")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
