@@ -213,7 +213,7 @@ def test_a_version_1_database_is_migrated(tmp_path):
     db.close()
 
     store = Store(path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     conversation = store.get_conversation("me", "c1")
     assert [m["content"] for m in conversation["messages"]] == ["hi", "hello", "bye", "see you"]
     parents = {m["id"]: m["parent_id"] for m in store.export_conversation("me", "c1")["messages"]}
@@ -222,7 +222,7 @@ def test_a_version_1_database_is_migrated(tmp_path):
     regenerated = store.begin_turn("me", "c1", "regenerate")
     assert regenerated.replaced == ["m3"]
     store.close()
-    assert Store(path).schema_version == 3, "opening again applies nothing twice"
+    assert Store(path).schema_version == 4, "opening again applies nothing twice"
 
 
 def test_a_database_from_a_newer_ownllm_is_refused(tmp_path):

@@ -22,6 +22,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from ownllm.assistant.guardrails import REFUSAL, Guardrail, StreamMask
 from ownllm.chatformat.conversation import Conversation, Message, validate
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.chatformat.tools import format_tool_call, run_tool
@@ -90,7 +91,7 @@ def _message_spans(template: ChatTemplate, ids: list[int]) -> list[tuple[int, in
 class ReplyEvent:
     """What a reply streams: text as it is written, a tool call and its result, then the end."""
 
-    kind: str  # "text" | "tool_call" | "tool_result" | "done"
+    kind: str  # "text" | "tool_call" | "tool_result" | "guardrail" | "done"
     text: str = ""  # for "text": the new text; for "tool_call": "calculator(12 * 7)"; for "tool_result": "84"
     finish_reason: str | None = None  # for "done": the engine's finish reason of the last generation
     # for "tool_result": the assistant's tool-call message and the tool message, already part of the reply;
@@ -108,6 +109,7 @@ def reply(
     params: SamplingParams,
     truncate: bool = True,
     max_tool_calls: int = 3,
+    guardrail: Guardrail | None = None,
 ) -> Generator[ReplyEvent, None, None]:
     """Stream the assistant's reply to `conversation` (which ends with a user message).
 
@@ -119,6 +121,12 @@ def reply(
     conversation raises ContextOverflow instead of dropping turns. The prompt must leave room
     for params.max_tokens (or at least a quarter of the context, whichever is less).
     Closing the iterator cancels the generation in the engine.
+
+    With a guardrail (assistant/guardrails.py), what it finds in the user's message is reported
+    first as a "guardrail" event (text: the findings, finish_reason: "input"); by its action the
+    message is then masked, or refused (the refusal is the reply, finish_reason
+    "content_filter"); the reply's text is masked as it streams, and "guardrail" events
+    (finish_reason "output") report what was masked.
     """
     conversation = validate(conversation)
     if conversation[-1]["role"] != "user":
@@ -127,6 +135,19 @@ def reply(
             f"(its last message is from the {conversation[-1]['role']})"
         )
     params = params.validate()
+    if guardrail is not None and (found := guardrail.findings(conversation[-1]["content"])):
+        yield ReplyEvent("guardrail", ", ".join(found), finish_reason="input")
+        if guardrail.action == "refuse":
+            yield ReplyEvent("text", REFUSAL)
+            refusal: Message = {"role": "assistant", "content": REFUSAL}
+            yield ReplyEvent("done", finish_reason="content_filter", messages=[refusal])
+            return
+        if guardrail.action == "mask":
+            conversation = [
+                *conversation[:-1],
+                {**conversation[-1], "content": guardrail.mask(conversation[-1]["content"])},
+            ]
+    masking = guardrail is not None and guardrail.masks_output()
     context = engine.context_size
     reserved = min(params.max_tokens, context // 4)
     stop_ids = params.stop_ids | template.stop_ids
@@ -150,13 +171,24 @@ def reply(
             stop_ids=stop_ids if calls_left > 0 else stop_ids | {template.tool_call_id},
         )
         turn = _Turn(template)
+        shown = StreamMask(guardrail) if masking and guardrail is not None else None
         with contextlib.closing(engine.stream(prompt, turn_params)) as events:
             for event in events:
                 text = turn.add(event)
+                if shown is not None:
+                    text = shown.feed(text)
                 if text:
                     yield ReplyEvent("text", text)
         generated += turn.generated
         message, call, finish_reason = turn.message(may_call=generated < params.max_tokens)
+        if shown is not None and guardrail is not None:
+            rest = shown.finish()
+            if rest:
+                yield ReplyEvent("text", rest)
+            found = guardrail.findings(message["content"])
+            if found:
+                message = {**message, "content": guardrail.mask(message["content"])}
+                yield ReplyEvent("guardrail", ", ".join(found), finish_reason="output")
         new.append(message)
         if call is None:
             yield ReplyEvent(

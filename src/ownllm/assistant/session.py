@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ownllm.assistant.guardrails import Guardrail
 from ownllm.assistant.knowledge import Citation, augment
 from ownllm.assistant.memory import MemoryStore, relevant, stated_fact, with_memories
 from ownllm.assistant.reply import ReplyEvent, reply
@@ -130,6 +131,7 @@ class ChatSession:
         self.memory: MemoryStore | None = None  # the user's memories (assistant/memory.py) when set
         self.memory_owner = "local"
         self.last_remembered: str | None = None  # the fact the last message stated, now kept
+        self.guardrail: Guardrail | None = None  # checks messages and replies (assistant/guardrails.py) when set
         self.note = note or _describe_system(self.system)  # for a person: where the system prompt came from
 
     @classmethod
@@ -187,7 +189,7 @@ class ChatSession:
             text, self.last_citations = augment(text, self.knowledge, self._fits)
         message = {"role": "user", "content": text}
         conversation = ([{"role": "system", "content": system}] if system else []) + self.history + [message]
-        events = reply(self.engine, self.template, conversation, self.settings.sampling())
+        events = reply(self.engine, self.template, conversation, self.settings.sampling(), guardrail=self.guardrail)
         written: list[Message] = []  # tool calls and results that completed
         text_so_far = ""
         done = False

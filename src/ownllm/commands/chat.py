@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
+from ownllm.assistant.guardrails import Guardrail
 from ownllm.assistant.session import ChatSession, Settings
 from ownllm.chatformat.tools import parse_tool_call
 from ownllm.commands.common import add_run_argument
@@ -97,6 +98,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
+        "--guardrail",
+        default="mask",
+        choices=("off", "flag", "mask", "refuse"),
+        help="the blocklist on messages and replies: mask the words (default), refuse such messages, "
+        "only flag them, or off",
+    )
+    parser.add_argument(
         "--kb",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -127,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             args.run, stage=args.stage, system=args.system, settings=settings, device=args.device, knowledge=args.kb
         )
         session.memory = Store.for_run(args.run)  # the same memories as a server without a key ("local")
+        if args.guardrail != "off":
+            session.guardrail = Guardrail.bundled(args.guardrail)
     say(session.note)
     try:
         if prompt is not None:
@@ -173,6 +183,10 @@ class Display:
             if self.tools is self.out and not self.at_line_start:
                 self._write(self.out, "\n")
             self._write(self.tools, f"[{describe_tool_call(self.call, event.text)}]\n")
+        elif event.kind == "guardrail":
+            where = "your message" if event.finish_reason == "input" else "the reply"
+            self.end()
+            say(f"(guardrail: {len(event.text.split(', '))} blocked word(s) in {where})")
         elif event.kind == "done":
             if event.dropped > self.dropped_before or event.finish_reason == "length":
                 self.end()

@@ -89,6 +89,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="answer 408 to a request whose body takes longer (default: %(default)s)",
     )
+    parser.add_argument(
+        "--guardrail",
+        default=defaults.guardrail,
+        choices=("off", "flag", "mask", "refuse"),
+        help="the blocklist on every route's messages and replies; findings are logged in assistant.db "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--stage", choices=("sft", "pretrain"), help="checkpoints to serve (default: sft if any)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--access-log", action="store_true", help="print a line per request")
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         header_seconds=args.header_timeout,
         body_seconds=args.body_timeout,
+        guardrail=args.guardrail,
         device=args.device,
     ).check()
     run_dir = RunDir.open(args.run, create=False)

@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from ownllm import __version__
+from ownllm.assistant.guardrails import Guardrail
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.errors import UserError
@@ -87,6 +88,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     app.state.persona = None
     app.state.store = None
     app.state.knowledge = None  # the run's knowledge base (knowledge.db), when it has one
+    app.state.guardrail = Guardrail.bundled(settings.guardrail) if settings.guardrail != "off" else None
     app.state.model_id = run_dir.resolve().name
     app.state.created = int(time.time())
     app.state.metrics = Metrics()

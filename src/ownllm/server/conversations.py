@@ -28,6 +28,7 @@ A stream is `text/event-stream`, one JSON object per event:
     event: text         {"text": "..."}                       as the reply is written
     event: tool_call    {"text": "calculator(12 * 7)"}
     event: tool_result  {"text": "84", "messages": [the call, the result], "reply_id": "..."}
+    event: guardrail    {"direction": "input" | "output", "action": "flag" | "mask" | "refuse"}
     event: done         {"finish_reason", "messages": [every message the turn added], "dropped", "usage"}
     event: error        {"error": {"message", "type", "param", "code"}}   then the stream ends
 
@@ -313,7 +314,7 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
         if turn is None:  # deleted since we looked
             raise not_found()
         prompt = ([{"role": "system", "content": system}] if system.strip() else []) + turn.history
-        events = reply(state.engine, state.template, prompt, params, truncate=True)
+        events = reply(state.engine, state.template, prompt, params, truncate=True, guardrail=state.guardrail)
         first = await lease.next(events, None)
         added = await lease.run(store.get_messages, list(turn.added))
     except BaseException as e:
@@ -330,7 +331,7 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
         raise  # EngineBusy becomes a 503, other errors a 400 or 500, in the app's handlers
     start = {"user_message": added[0] if turn.user_id else None, "reply_id": turn.reply_id}
     state.replies[conversation_id] = lease  # one reply at a time per conversation (the store's ConversationBusy)
-    stream = _stream(state, lease, turn, events, first, start, time.perf_counter() - started)
+    stream = _stream(state, owner, lease, turn, events, first, start, time.perf_counter() - started)
     return EventStream(stream, headers={"Cache-Control": "no-store"})
 
 
@@ -340,6 +341,7 @@ def sse(event: str, data: Any) -> str:
 
 async def _stream(
     state: Any,
+    owner: str,
     lease: Lease,
     turn: Turn,
     events: Iterator[ReplyEvent],
@@ -362,6 +364,10 @@ async def _stream(
                     last_flush = time.monotonic()
             elif event.kind == "tool_call":
                 yield sse("tool_call", {"text": event.text})
+            elif event.kind == "guardrail":
+                action = state.guardrail.action
+                await lease.run(store.log_guardrail, owner, "/api", event.finish_reason, event.text, action)
+                yield sse("guardrail", {"direction": event.finish_reason, "action": action})
             elif event.kind == "tool_result":
                 call, result = event.messages
                 await lease.run(store.tool_step, turn, call["content"], call["tool_call"], result["content"])

@@ -29,7 +29,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -100,7 +100,7 @@ def _model_card(state: Any) -> dict:
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request):
+async def chat_completions(body: ChatCompletionRequest, request: Request, owner: str = Depends(require_owner)):
     state = served(request)
     body.check(state.settings)
     conversation = chat_conversation(body.messages, state.persona)
@@ -118,7 +118,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             conversation, dropped = await lease.run(
                 fit, state.template, conversation, state.engine.context_size, params.max_tokens
             )
-        pieces = chat_pieces(reply(state.engine, state.template, conversation, params, truncate=truncate), dropped)
+        events = reply(state.engine, state.template, conversation, params, truncate=truncate, guardrail=state.guardrail)
+
+        def log(direction: str, findings: str) -> None:  # runs in the pump thread; the store is thread-safe
+            state.store.log_guardrail(owner, "/v1/chat/completions", direction, findings, state.guardrail.action)
+
+        pieces = chat_pieces(events, dropped, log)
         first = await lease.next(pieces, None)
     except BaseException:
         await lease.close(pieces)
@@ -224,12 +229,17 @@ def sampling_params(body: GenerationFields, default_max_tokens: int) -> Sampling
     ).validate()
 
 
-def chat_pieces(events: Generator[ReplyEvent, None, None], dropped_before: int) -> Iterator[str | Finished]:
-    """The assistant's text as it is written (tool calls run inside reply(), unseen), then Finished."""
+def chat_pieces(
+    events: Generator[ReplyEvent, None, None], dropped_before: int, on_guardrail: Callable[[str, str], None]
+) -> Iterator[str | Finished]:
+    """The assistant's text as it is written (tool calls run inside reply(), unseen), then Finished;
+    what the guardrail finds goes to on_guardrail(direction, findings)."""
     with closing(events):
         for event in events:
             if event.kind == "text" and event.text:
                 yield event.text
+            elif event.kind == "guardrail":
+                on_guardrail(event.finish_reason or "", event.text)
             elif event.kind == "done":
                 assert event.finish_reason is not None  # the engine's last event always has one
                 yield Finished(

@@ -36,6 +36,9 @@ class ServerSettings:
     header_seconds: float = 10.0  # a request's headers must arrive within this long (connections.py)
     body_seconds: float = 30.0  # and its body within this long of its headers (security.py)
     truncate: bool = False  # drop the oldest turns of an over-long conversation instead of answering 400
+    guardrail: str = (
+        "mask"  # the blocklist's action on every route: off | flag | mask | refuse (assistant/guardrails.py)
+    )
     stage: str | None = None  # checkpoints to serve: None = sft if the run has one, else pretrain
     device: str = "auto"
 
@@ -62,6 +65,8 @@ class ServerSettings:
             raise UserError("--header-timeout and --body-timeout must be between 0 and 3600 seconds")
         for origin in self.cors_origins:
             check_origin(origin)
+        if self.guardrail not in ("off", "flag", "mask", "refuse"):
+            raise UserError(f"--guardrail {self.guardrail} is not one of off, flag, mask, refuse")
         return self
 
 

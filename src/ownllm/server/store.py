@@ -5,6 +5,7 @@
                    status (complete | streaming | interrupted), active, created
     feedback       message_id, rating (+1 | -1), comment, created
     memories       id, owner, text, created: what a user asked the assistant to remember
+    guardrail_log  id, owner, route, direction (input | output), findings, action, created
 
 Messages form a tree: each one points at the message it follows (`parent_id`). Regenerating
 a reply or editing the last user message does not delete anything; it marks the replaced
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ownllm.core.errors import UserError
+from ownllm.core.sqlite import use_wal
 
 STATUSES = ("complete", "streaming", "interrupted")
 RATINGS = {"up": 1, "down": -1}
@@ -97,6 +99,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX memories_by_owner ON memories (owner, created);
     """,
+    # 4: what the guardrail found (assistant/guardrails.py), for review.
+    """
+    CREATE TABLE guardrail_log (
+        id        INTEGER PRIMARY KEY,
+        owner     TEXT NOT NULL,
+        route     TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('input', 'output')),
+        findings  TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        created   REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 DB_NAME = "assistant.db"  # in the run directory
@@ -148,7 +162,7 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         try:
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode = WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
@@ -453,6 +467,18 @@ class Store:
         return message_id
 
     # Feedback.
+
+    def log_guardrail(self, owner: str, route: str, direction: str, findings: str, action: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO guardrail_log (owner, route, direction, findings, action, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (owner, route, direction, findings, action, time.time()),
+            )
+
+    def guardrail_log(self, owner: str) -> list[dict]:
+        rows = self._read("SELECT * FROM guardrail_log WHERE owner = ? ORDER BY id", (owner,))
+        return [dict(r) for r in rows]
 
     # Memories: what a user asked to be remembered, theirs alone.
 
