@@ -94,3 +94,13 @@ def test_ownllm_chat_remembers_and_lists_and_forgets(run, tmp_path, capsys):
     with pytest.raises(UserError, match="number of a memory"):
         repl.command("/forget 9")
     store.close()
+
+
+def test_a_run_whose_assistant_db_cannot_be_opened_chats_without_memories(run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken, ignore=shutil.ignore_patterns("assistant.*"))
+    (broken / "assistant.db").mkdir()  # not a file: as unusable as a read-only run directory
+    status, err = ownllm_here(capsys, "chat", "--run", broken, "--max-tokens", "4", "-p", "my name is Sam")
+    assert status == 0 and "(memories are off: cannot open" in err and "Traceback" not in err
+    with pytest.raises(UserError, match="memories are off"):
+        Repl(SimpleNamespace(memory=None, memory_owner="local"), broken).command("/memories")

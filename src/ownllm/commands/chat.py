@@ -134,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
         session = ChatSession.open(
             args.run, stage=args.stage, system=args.system, settings=settings, device=args.device, knowledge=args.kb
         )
-        session.memory = Store.for_run(args.run)  # the same memories as a server without a key ("local")
+        try:  # the same memories as a server without a key ("local")
+            session.memory = Store.for_run(args.run)
+        except (OSError, UserError) as e:  # a read-only run, a damaged file: chat on without memories
+            say(f"(memories are off: cannot open {Path(args.run) / 'assistant.db'}: {e})")
         if args.guardrail != "off":
             session.guardrail = Guardrail.bundled(args.guardrail)
     say(session.note)
@@ -144,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         return Repl(session, Path(args.run)).loop()
     finally:
         session.close()
-        session.memory.close()
+        if session.memory is not None:
+            session.memory.close()
 
 
 def answer_once(session: ChatSession, prompt: str) -> int:
@@ -314,7 +318,8 @@ class Repl:
 
     def memories(self, name: str, rest: str) -> None:
         memory, owner = self.session.memory, self.session.memory_owner
-        assert memory is not None  # run() gives every session one
+        if memory is None:
+            raise UserError("memories are off in this chat (assistant.db could not be opened)")
         if name == "/remember":
             if not rest:
                 raise UserError("/remember needs the fact: /remember the meeting is on Friday")
