@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def use_wal(db: sqlite3.Connection, seconds: float = 10.0) -> None:
@@ -19,3 +22,17 @@ def use_wal(db: sqlite3.Connection, seconds: float = 10.0) -> None:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+@contextmanager
+def immediate_transaction(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[sqlite3.Connection]:
+    """One transaction holding SQLite's write lock from the start (no upgrade deadlocks), committed at the
+    end or rolled back on any exception (KeyboardInterrupt included); `lock` serialises the process's threads."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ownllm.core.errors import UserError
-from ownllm.core.sqlite import use_wal
+from ownllm.core.sqlite import immediate_transaction, use_wal
 from ownllm.knowledge.chunking import chunk_text
 from ownllm.knowledge.documents import read_document
 
@@ -107,7 +107,7 @@ class KnowledgeBase:
             self._db.close()
 
     def _transaction(self):
-        return _Transaction(self._db, self._lock)
+        return immediate_transaction(self._db, self._lock)
 
     def add(self, path: Path, chunking: dict | None = None) -> tuple[str, int]:
         """Add or refresh one document; (what happened, its number of chunks)."""
@@ -171,21 +171,3 @@ class KnowledgeBase:
                 (match, k),
             ).fetchall()
         return [Hit(*row) for row in rows]
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (KeyboardInterrupt included)."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock):
-        self.db, self.lock = db, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, kind, error, traceback) -> None:
-        try:
-            self.db.execute("ROLLBACK" if kind else "COMMIT")
-        finally:
-            self.lock.release()

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ownllm.core.errors import UserError
-from ownllm.core.sqlite import use_wal
+from ownllm.core.sqlite import immediate_transaction, use_wal
 
 STATUSES = ("complete", "streaming", "interrupted")
 RATINGS = {"up": 1, "down": -1}
@@ -213,14 +213,8 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction, holding SQLite's write lock from the start (no upgrade deadlocks)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with immediate_transaction(self._db, self._lock) as db:
+            yield db
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
