@@ -44,6 +44,16 @@ class ContextOverflow(UserError):
         self.prompt_tokens, self.context_size, self.reserved = prompt_tokens, context_size, reserved
 
 
+def reply_room(context: int, max_tokens: int) -> int:
+    """The tokens a prompt must leave free for the reply: max_tokens, or a quarter of the context if less."""
+    return min(max_tokens, context // 4)
+
+
+def prompt_fits(template: ChatTemplate, conversation: Conversation, context: int, max_tokens: int) -> bool:
+    """Whether `reply` can answer the conversation without dropping or refusing anything."""
+    return len(template.render_prompt(conversation)) <= context - reply_room(context, max_tokens)
+
+
 def fit_to_context(template: ChatTemplate, conversation: Conversation, budget: int) -> tuple[Conversation, int]:
     """The conversation with the oldest turns dropped until its prompt fits in `budget` tokens.
 
@@ -149,7 +159,7 @@ def reply(
             ]
     masking = guardrail is not None and guardrail.masks_output()
     context = engine.context_size
-    reserved = min(params.max_tokens, context // 4)
+    reserved = reply_room(context, params.max_tokens)
     stop_ids = params.stop_ids | template.stop_ids
     new: list[Message] = []
     generated = 0

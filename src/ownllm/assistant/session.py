@@ -30,7 +30,7 @@ from typing import Any
 from ownllm.assistant.guardrails import Guardrail
 from ownllm.assistant.knowledge import Citation, augment
 from ownllm.assistant.memory import MemoryStore, relevant, stated_fact, with_memories
-from ownllm.assistant.reply import ReplyEvent, reply
+from ownllm.assistant.reply import ReplyEvent, prompt_fits, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import ChatTemplate
@@ -217,9 +217,8 @@ class ChatSession:
     def _fits(self, text: str) -> bool:
         """Whether a message of `text` after the system prompt leaves the reply its room in the context."""
         system = [{"role": "system", "content": self.system}] if self.system else []
-        prompt = self.template.render_prompt([*system, {"role": "user", "content": text}])
-        context = self.engine.context_size
-        return len(prompt) <= context - min(self.settings.max_tokens, context // 4)
+        conversation = [*system, {"role": "user", "content": text}]
+        return prompt_fits(self.template, conversation, self.engine.context_size, self.settings.max_tokens)
 
     def close(self) -> None:
         """Stop the engine's scheduler thread (and close the knowledge base)."""

@@ -21,7 +21,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from ownllm.assistant.reply import reply
+from ownllm.assistant.reply import prompt_fits, reply
 from ownllm.assistant.session import Settings
 from ownllm.chatformat.conversation import Conversation
 from ownllm.chatformat.template import ChatTemplate
@@ -109,11 +109,9 @@ def chat_task(
 ) -> dict:
     """One chat-skill task's result (see the module's docstring); under torchrun (dist) each process
     asks its share of the items and every process gets the whole result."""
-    context = engine.context_size
 
-    def fits(item: ChatItem) -> bool:  # the reply loop keeps min(max_tokens, context / 4) for the reply
-        budget = context - min(item.max_tokens, context // 4)
-        return len(template.render_prompt(conversation(system, item.prompt))) <= budget
+    def fits(item: ChatItem) -> bool:
+        return prompt_fits(template, conversation(system, item.prompt), engine.context_size, item.max_tokens)
 
     dist = dist or Distributed(device=engine.device)  # a job of one process
     items, skipped = fitting(chat_tasks.items(name, persona_name), fits, limit)

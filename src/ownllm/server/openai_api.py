@@ -38,7 +38,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ownllm.assistant.knowledge import Citation, augment
-from ownllm.assistant.reply import ContextOverflow, ReplyEvent, fit_to_context, reply
+from ownllm.assistant.reply import ContextOverflow, ReplyEvent, fit_to_context, prompt_fits, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, validate
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.errors import UserError
@@ -135,12 +135,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, owner:
 
 def answer_from_knowledge(state: Any, conversation: Conversation, max_tokens: int) -> tuple[Conversation, list]:
     """The conversation with its last message asked with a passage from the knowledge base, if one is about it."""
-    context = state.engine.context_size
     head = conversation[:1] if conversation[0]["role"] == "system" else []
 
     def fits(text: str) -> bool:
-        prompt = state.template.render_prompt([*head, {"role": "user", "content": text}])
-        return len(prompt) <= context - min(max_tokens, context // 4)
+        asked = [*head, {"role": "user", "content": text}]
+        return prompt_fits(state.template, asked, state.engine.context_size, max_tokens)
 
     message, citations = augment(conversation[-1]["content"], state.knowledge, fits)
     return [*conversation[:-1], {"role": "user", "content": message}], citations
