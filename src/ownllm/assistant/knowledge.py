@@ -41,14 +41,15 @@ class Citation:
     text: str  # what the model was shown (shortened to fit, if it had to be)
 
 
-def _content_words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """The words of a text but the commonest (knowledge/base.py's STOPWORDS), lower case."""
     return {w.lower() for w in _WORD.findall(text) if w.lower() not in STOPWORDS}
 
 
 def about(question: str, passage: str) -> bool:
     """Whether the passage holds enough of the question's uncommon words to be about it."""
-    wanted = _content_words(question)
-    found = wanted & _content_words(passage)
+    wanted = content_words(question)
+    found = wanted & content_words(passage)
     return len(found) >= MIN_WORDS and len(found) >= MIN_SHARE * len(wanted)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from ownllm.knowledge.base import STOPWORDS
+from ownllm.assistant.knowledge import content_words
 
 MAX_RECALLED = 3
 _REMEMBER = re.compile(r"^\s*(?:please\s+)?(?:remember|note)\s+(?:that\s+)?(.{3,300}?)[.!]?\s*$", re.I | re.S)
@@ -29,7 +29,6 @@ _ABOUT_ME = re.compile(
     r"|i (?:live|work) (?:in|at) [^.!?\n]{1,80}|i am \d{1,3} years old|i'm \d{1,3} years old)",
     re.I,
 )
-_WORD = re.compile(r"\w+")
 
 
 class MemoryStore(Protocol):
@@ -57,15 +56,11 @@ def _third_person(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-def _words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text) if w.lower() not in STOPWORDS}
-
-
 def relevant(memories: list[str], message: str) -> list[str]:
     """The memories a message is about (sharing an uncommon word with it), the user's name always."""
-    wanted = _words(message)
+    wanted = content_words(message)
     scored = [
-        (len(_words(m) & wanted) + (2 if m.lower().startswith("the user's name is") else 0), i, m)
+        (len(content_words(m) & wanted) + (2 if m.lower().startswith("the user's name is") else 0), i, m)
         for i, m in enumerate(memories)
     ]
     return [m for score, _, m in sorted(scored, key=lambda s: (-s[0], s[1])) if score > 0][:MAX_RECALLED]
