@@ -213,16 +213,17 @@ def test_a_version_1_database_is_migrated(tmp_path):
     db.close()
 
     store = Store(path)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     conversation = store.get_conversation("me", "c1")
     assert [m["content"] for m in conversation["messages"]] == ["hi", "hello", "bye", "see you"]
+    assert not any("citations" in m for m in conversation["messages"]), "old replies cite nothing"
     parents = {m["id"]: m["parent_id"] for m in store.export_conversation("me", "c1")["messages"]}
     assert parents == {"m0": None, "m1": "m0", "m2": "m1", "m3": "m2"}
     store.rate("me", "m3", "up")  # the new table works on old data
     regenerated = store.begin_turn("me", "c1", "regenerate")
     assert regenerated.replaced == ["m3"]
     store.close()
-    assert Store(path).schema_version == 4, "opening again applies nothing twice"
+    assert Store(path).schema_version == 5, "opening again applies nothing twice"
 
 
 def test_a_database_from_a_newer_ownllm_is_refused(tmp_path):

@@ -2,7 +2,8 @@
 
     conversations  id (unguessable), owner, title, system_prompt, settings (JSON), created, updated
     messages       id, conversation_id, parent_id, position, role, content, tool_call (JSON),
-                   status (complete | streaming | interrupted), active, created
+                   status (complete | streaming | interrupted), active, created,
+                   citations (JSON: the knowledge-base passages a reply was given, or NULL)
     feedback       message_id, rating (+1 | -1), comment, created
     memories       id, owner, text, created: what a user asked the assistant to remember
     guardrail_log  id, owner, route, direction (input | output), findings, action, created
@@ -110,6 +111,10 @@ MIGRATIONS: list[str] = [
         action    TEXT NOT NULL,
         created   REAL NOT NULL
     );
+    """,
+    # 5: the passages of the knowledge base a reply was given (assistant/knowledge.py), for the page's sources.
+    """
+    ALTER TABLE messages ADD COLUMN citations TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -398,12 +403,22 @@ class Store:
         with self._write() as db:
             db.execute("UPDATE messages SET content = ? WHERE id = ?", (content, message_id))
 
-    def finish_message(self, message_id: str, content: str, status: str = "complete") -> None:
-        """The reply's final text; status "interrupted" when it was stopped or failed midway."""
+    def finish_message(
+        self, message_id: str, content: str, status: str = "complete", citations: list[dict] | None = None
+    ) -> None:
+        """The reply's final text; status "interrupted" when it was stopped or failed midway.
+
+        `citations`: the knowledge-base passages the reply was given ({"path", "position", "start",
+        "end", "text"} each), kept with it; none (or an empty list) keeps none.
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
+        cited = json.dumps(citations, ensure_ascii=False) if citations else None
         with self._write() as db:
-            db.execute("UPDATE messages SET content = ?, status = ? WHERE id = ?", (content, status, message_id))
+            db.execute(
+                "UPDATE messages SET content = ?, status = ?, citations = ? WHERE id = ?",
+                (content, status, cited, message_id),
+            )
 
     def tool_step(self, turn: Turn, content: str, tool_call: dict, result: str) -> str:
         """The streaming reply ends in a tool call: save it, the tool's result, and start the reply that follows.
@@ -579,6 +594,8 @@ def _message(row: sqlite3.Row, full: bool = False) -> dict:
     }
     if row["tool_call"] is not None:
         message["tool_call"] = json.loads(row["tool_call"])
+    if row["citations"] is not None:
+        message["citations"] = json.loads(row["citations"])
     if full:
         message.update(parent_id=row["parent_id"], position=row["position"], active=bool(row["active"]))
     return message
