@@ -229,6 +229,8 @@ def test_every_route_needs_the_key(server):
             ("GET", "/conversations/x"),
             ("POST", "/conversations/x/messages"),
             ("POST", "/messages/x/feedback"),
+            ("GET", "/memories"),
+            ("GET", "/guardrail-log"),
         ]:
             response = anonymous.request(method, path, json={} if method == "POST" else None)
             assert response.status_code == 401, (method, path)

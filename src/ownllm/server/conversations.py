@@ -17,10 +17,19 @@ for an id that never existed, so ids reveal nothing. Errors have the OpenAI shap
     POST   /api/messages/{id}/feedback             {rating: "up" | "down" | null, comment?}
     GET    /api/memories                           what the assistant keeps about the caller
     POST   /api/memories                           {text} -> 201;  DELETE /api/memories/{id} -> 204
+    GET    /api/guardrail-log                      what the guardrail found in the caller's messages and replies
 
 A message that states a fact about its writer ("my name is Sam", "remember that ...") is kept
 as a memory of that owner (assistant/memory.py), and the memories a message is about ride in the
-system prompt of its reply; each key sees and deletes only its own.
+system prompt of its reply; each key sees and deletes only its own. So does the guardrail log:
+{"entries": [{"id", "route", "direction", "findings", "action", "created"}]}, oldest first.
+
+With a knowledge base (app.state.knowledge), a message is answered from it as on
+/v1/chat/completions (openai_api.answer_from_knowledge): when a passage is about the user's
+last message, the model is asked that message with the passage, while the conversation keeps
+the message as typed. The passages are the reply's `citations` ({"path", "position", "start",
+"end", "text"} each): in `done`, and saved with the reply (a message has a "citations" list
+only when it was given some).
 
 A stream is `text/event-stream`, one JSON object per event:
 
@@ -29,7 +38,8 @@ A stream is `text/event-stream`, one JSON object per event:
     event: tool_call    {"text": "calculator(12 * 7)"}
     event: tool_result  {"text": "84", "messages": [the call, the result], "reply_id": "..."}
     event: guardrail    {"direction": "input" | "output", "action": "flag" | "mask" | "refuse"}
-    event: done         {"finish_reason", "messages": [every message the turn added], "dropped", "usage"}
+    event: done         {"finish_reason", "messages": [every message the turn added], "dropped", "usage",
+                         "citations": [the passages the reply was given, possibly none]}
     event: error        {"error": {"message", "type", "param", "code"}}   then the stream ends
 
 Before the stream starts the user message and an empty "streaming" reply are saved; the
@@ -50,6 +60,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
 from typing import Any, Literal
 
 import anyio
@@ -62,7 +73,7 @@ from starlette.concurrency import run_in_threadpool
 from ownllm.assistant.memory import relevant, stated_fact, with_memories
 from ownllm.assistant.reply import ContextOverflow, ReplyEvent, reply
 from ownllm.inference.engine import SamplingParams
-from ownllm.server.openai_api import error_body, served
+from ownllm.server.openai_api import answer_from_knowledge, error_body, served
 from ownllm.server.schemas import Text
 from ownllm.server.security import APIError, require_owner
 from ownllm.server.store import ConversationBusy, NothingToReplace, Store, Turn
@@ -242,6 +253,12 @@ def delete_memory(memory_id: str, request: Request, owner: str = Depends(require
     return Response(status_code=204)
 
 
+@router.get("/guardrail-log")
+def guardrail_log(request: Request, owner: str = Depends(require_owner)) -> dict:
+    fields = ("id", "route", "direction", "findings", "action", "created")
+    return {"entries": [{k: e[k] for k in fields} for e in _store(request).guardrail_log(owner)]}
+
+
 @router.post("/messages/{message_id}/feedback")
 def rate_message(message_id: str, body: Feedback, request: Request, owner: str = Depends(require_owner)) -> dict:
     rated = _store(request).rate(owner, message_id, body.rating, body.comment)
@@ -309,11 +326,15 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
     lease = state.gate.admit()  # 503 at once when the server is full
     events: Iterator[ReplyEvent] = iter(())
     turn: Turn | None = None
+    citations: list[dict] = []
     try:
         turn = await lease.run(store.begin_turn, owner, conversation_id, kind, content)
         if turn is None:  # deleted since we looked
             raise not_found()
         prompt = ([{"role": "system", "content": system}] if system.strip() else []) + turn.history
+        if state.knowledge is not None:  # the model reads the passage; the stored message stays as typed
+            prompt, cited = await lease.run(answer_from_knowledge, state, prompt, params.max_tokens)
+            citations = [asdict(c) for c in cited]
         events = reply(state.engine, state.template, prompt, params, truncate=True, guardrail=state.guardrail)
         first = await lease.next(events, None)
         added = await lease.run(store.get_messages, list(turn.added))
@@ -331,7 +352,7 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
         raise  # EngineBusy becomes a 503, other errors a 400 or 500, in the app's handlers
     start = {"user_message": added[0] if turn.user_id else None, "reply_id": turn.reply_id}
     state.replies[conversation_id] = lease  # one reply at a time per conversation (the store's ConversationBusy)
-    stream = _stream(state, owner, lease, turn, events, first, start, time.perf_counter() - started)
+    stream = _stream(state, owner, lease, turn, events, first, start, time.perf_counter() - started, citations)
     return EventStream(stream, headers={"Cache-Control": "no-store"})
 
 
@@ -348,8 +369,9 @@ async def _stream(
     event: ReplyEvent | None,
     start: dict,
     first_token: float,
+    citations: list[dict],
 ) -> AsyncIterator[str]:
-    """The reply as server-sent events, saved as it goes. Closing this stops the generation."""
+    """The reply as server-sent events, saved as it goes (with its citations). Closing this stops the generation."""
     store: Store = state.store
     text, finished = "", False
     last_flush = time.monotonic()
@@ -378,7 +400,7 @@ async def _stream(
                 raise APIError(503, "the reply was cut off: the server is shutting down", code="cancelled")
             elif event.kind == "done":
                 text = event.messages[-1]["content"]
-                await lease.run(store.finish_message, turn.reply_id, text, "complete")
+                await lease.run(store.finish_message, turn.reply_id, text, "complete", citations)
                 finished = True
                 state.metrics.observe_generation(
                     event.prompt_tokens, event.completion_tokens, event.finish_reason, first_token
@@ -390,6 +412,7 @@ async def _stream(
                         "messages": await lease.run(store.get_messages, list(turn.added)),
                         "dropped": event.dropped,
                         "usage": {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens},
+                        "citations": citations,
                     },
                 )
             event = await lease.next(events, None)
@@ -401,4 +424,4 @@ async def _stream(
         await lease.close(events)  # cancels the generation if it is still running
         if not finished:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(store.finish_message, turn.reply_id, text, "interrupted")
+                await anyio.to_thread.run_sync(store.finish_message, turn.reply_id, text, "interrupted", citations)
