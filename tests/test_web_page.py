@@ -23,6 +23,7 @@ import torch
 from helpers.server import live_server
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import IGNORE_INDEX, ChatTemplate
+from ownllm.knowledge.base import KnowledgeBase
 from ownllm.model import ModelConfig, Transformer
 from ownllm.run.checkpoints import save_checkpoint
 from ownllm.run.token_shards import tokenizer_hash
@@ -458,3 +459,72 @@ def test_a_malformed_address_still_loads_the_page(browser, server):
     page = Page(browser, server.url + "/#%ZZ")  # decodeURIComponent throws on it
     expect(page.tab.locator("#new-chat")).to_be_visible()
     page.close()  # no script error
+
+
+NOTE = "The harbour meeting with Grace is on Friday in room 4. <img src=x onerror=alert(1)>"
+NOTE_QUESTION = "When is the harbour meeting with Grace?"
+
+
+def test_a_reply_from_the_knowledge_base_shows_its_sources(browser, run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("assistant.*", "knowledge.*"))
+    note = tmp_path / "notes.md"
+    note.write_text(NOTE)
+    kb = KnowledgeBase.for_run(run)
+    kb.add(note)
+    kb.close()
+    with live_server(run, ServerSettings()) as live:
+        page = Page(browser, live.url)
+        page.ask(NOTE_QUESTION, max_tokens=8)
+        reply = page.wait_for_reply()
+        expect(page.tab.locator(".message.user .bubble")).to_have_text(NOTE_QUESTION)  # as typed, not the prompt
+        source = reply.locator(".sources details")
+        expect(source.locator("summary")).to_have_text("notes.md · passage 1")
+        passage = source.locator(".passage")
+        expect(passage).to_be_hidden()
+        source.locator("summary").click()
+        expect(passage).to_have_text(NOTE)  # the document's text as text: no element made of it
+        assert page.tab.locator("#messages img").count() == 0
+        page.tab.reload()  # kept with the reply
+        expect(page.tab.locator(".message.assistant .sources summary")).to_have_text("notes.md · passage 1")
+        assert page.dialogs == []
+        page.close()
+
+
+def test_the_memories_panel_lists_adds_and_forgets(page, server):
+    store, cat = server.app.state.store, "<b>my cat</b> is called Tom"
+    kept = store.remember("local", "the dentist is on Tuesday")
+    try:
+        page.tab.get_by_role("button", name="Memories").click()
+        dialog = page.tab.locator("#memories-dialog")
+        expect(dialog).to_be_visible()
+        items = dialog.locator("#memory-list .entry-text")
+        expect(items).to_have_text(["the dentist is on Tuesday"])
+        page.tab.fill("#memory-input", cat)
+        page.tab.press("#memory-input", "Enter")
+        expect(items).to_have_text(["the dentist is on Tuesday", cat])
+        assert dialog.locator("b").count() == 0
+        assert [m["text"] for m in store.memories("local")] == [
+            "the dentist is on Tuesday",
+            "<b>my cat</b> is called Tom",
+        ]
+        dialog.locator(f'li[data-id="{kept["id"]}"] .forget').click()
+        expect(items).to_have_text([cat])
+        assert [m["text"] for m in store.memories("local")] == [cat]
+        dialog.get_by_role("button", name="Close").click()
+        expect(dialog).to_be_hidden()
+    finally:
+        for memory in store.memories("local"):  # the other tests' prompts are as they were
+            store.forget("local", memory["id"])
+
+
+def test_a_guardrail_finding_shows_on_the_reply_and_in_the_safety_log(page, server):
+    page.ask("you ass", max_tokens=8)
+    reply = page.wait_for_reply()
+    expect(reply.locator(".guardrail-note")).to_have_text("Flagged by the safety check (your message, masked)")
+    page.tab.get_by_role("button", name="Safety log").click()
+    dialog = page.tab.locator("#safety-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("#safety-list li").last).to_contain_text("your message, masked: ass")
+    dialog.get_by_role("button", name="Close").click()
+    expect(dialog).to_be_hidden()

@@ -315,8 +315,31 @@ function messageNode(message, next, isLastUser, isLast) {
     return node;
   }
   if (message.status === "interrupted") node.append(el("span", { className: "status", textContent: "stopped" }));
+  if (message.guardrail?.length) node.append(...message.guardrail.map(guardrailNote));
+  if (message.citations?.length) node.append(sourcesNode(message.citations));
   if (message.status !== "streaming" && message.id) node.append(replyActions(message, isLast && !busy));
   return node;
+}
+
+const GUARDRAIL_WHERE = { input: "your message", output: "the reply" };
+const GUARDRAIL_ACTION = { flag: "let through", mask: "masked", refuse: "refused" };
+
+// What the safety check found while this reply was written (the stream's guardrail events).
+function guardrailNote({ direction, action }) {
+  const where = GUARDRAIL_WHERE[direction] ?? direction;
+  const how = GUARDRAIL_ACTION[action] ?? action;
+  return el("p", { className: "guardrail-note", textContent: `Flagged by the safety check (${where}, ${how})` });
+}
+
+// The knowledge-base passages the reply was given: "Sources: notes.md · passage 2", each opening to
+// its text (plain text: a document is data, never HTML).
+function sourcesNode(citations) {
+  const items = citations.map((c) => {
+    const name = c.path.split(/[\\/]/).pop() || c.path;
+    const summary = el("summary", { textContent: `${name} · passage ${c.position + 1}`, title: c.path });
+    return el("details", { className: "source" }, [summary, el("blockquote", { className: "passage", textContent: c.text })]);
+  });
+  return el("div", { className: "sources" }, [el("span", { textContent: "Sources:" }), ...items]);
 }
 
 function actions(children) {
@@ -440,6 +463,7 @@ async function streamReply(action, body, user) {
   let outcome = "failed";
   let error = null;
   let dropped = 0;
+  const flags = []; // the safety check's findings in this turn, shown on its reply
   try {
     const response = await request("POST", conversationPath(conversation.id, `/${action}`), body, controller.signal);
     for await (const { event, data } of readEvents(response)) {
@@ -452,9 +476,13 @@ async function streamReply(action, body, user) {
       } else if (event === "tool_result") {
         const [call, result] = data.messages;
         Object.assign(reply, call);
-        reply = { role: "assistant", content: "", status: "streaming", id: data.reply_id };
+        reply = { role: "assistant", content: "", status: "streaming", id: data.reply_id, guardrail: flags };
         conversation.messages.push(result, reply);
         renderMessages();
+      } else if (event === "guardrail") {
+        if (!flags.some((f) => f.direction === data.direction && f.action === data.action)) flags.push(data);
+        reply.guardrail = flags;
+        rerender(reply);
       } else if (event === "done") {
         outcome = "done";
         dropped = data.dropped;
@@ -478,6 +506,8 @@ async function streamReply(action, body, user) {
     if (outcome !== "done" && user && !user.id) $("input").value ||= user.content; // not sent: give the text back
     try {
       state.current = await api("GET", conversationPath(conversation.id));
+      const saved = state.current.messages.find((m) => m.id === reply.id);
+      if (saved && flags.length) saved.guardrail = flags; // not kept with the message: the safety log has them
     } catch (e) {
       error ??= e.message;
     }
@@ -548,6 +578,9 @@ function bind() {
   });
   $("new-chat").onclick = newChat;
   $("about-model").onclick = showModelCard;
+  $("open-memories").onclick = showMemories;
+  $("open-safety-log").onclick = showSafetyLog;
+  $("memory-form").onsubmit = addMemory;
   $("open-sidebar").onclick = () => $("sidebar").classList.add("open");
   $("close-sidebar").onclick = () => $("sidebar").classList.remove("open");
   $("toggle-settings").onclick = () => {
@@ -579,6 +612,75 @@ async function start() {
   if (id && state.conversations.some((c) => c.id === id)) await openConversation(id);
   else newChat();
   if (!state.info?.ready) waitUntilReady();
+}
+
+// Memories: what the assistant keeps about the caller (GET/POST/DELETE /api/memories), as plain text.
+async function showMemories() {
+  $("memories-status").textContent = "";
+  await loadMemories();
+  $("memories-dialog").showModal();
+  $("memory-input").focus();
+}
+
+async function loadMemories() {
+  try {
+    const { memories } = await api("GET", "/memories");
+    const items = memories.map((m) => {
+      const forget = button("", "icon glyph i-trash forget", () => forgetMemory(m), "Forget");
+      const item = el("li", {}, [el("span", { className: "entry-text", textContent: m.text }), forget]);
+      item.dataset.id = m.id;
+      return item;
+    });
+    if (!items.length) items.push(el("li", { className: "muted", textContent: "Nothing yet." }));
+    $("memory-list").replaceChildren(...items);
+  } catch (error) {
+    $("memories-status").textContent = error.message;
+  }
+}
+
+async function addMemory(event) {
+  event.preventDefault();
+  const text = $("memory-input").value.trim();
+  if (!text) return;
+  try {
+    await api("POST", "/memories", { text });
+    $("memory-input").value = "";
+    $("memories-status").textContent = "";
+  } catch (error) {
+    $("memories-status").textContent = error.message;
+  }
+  await loadMemories();
+}
+
+async function forgetMemory(memory) {
+  try {
+    await api("DELETE", `/memories/${encodeURIComponent(memory.id)}`);
+  } catch (error) {
+    $("memories-status").textContent = error.message;
+  }
+  await loadMemories();
+}
+
+// The safety log: what the guardrail found in the caller's messages and replies (GET /api/guardrail-log).
+async function showSafetyLog() {
+  let items;
+  try {
+    const { entries } = await api("GET", "/guardrail-log");
+    items = entries.map((e) => {
+      const when = new Date(e.created * 1000).toLocaleString();
+      const where = GUARDRAIL_WHERE[e.direction] ?? e.direction;
+      const how = GUARDRAIL_ACTION[e.action] ?? e.action;
+      return el("li", {}, [
+        el("span", { className: "muted", textContent: `${when} · ${where}, ${how}: ` }),
+        el("span", { className: "entry-text", textContent: e.findings }),
+      ]);
+    });
+    if (!items.length) items = [el("li", { className: "muted", textContent: "Nothing flagged." })];
+  } catch (error) {
+    items = [el("li", { className: "muted", textContent: error.message })];
+  }
+  $("safety-list").replaceChildren(...items);
+  $("safety-dialog").showModal();
 }
 
 // The model card `ownllm report` wrote (GET /api/model-card), rendered like a reply: text, never HTML.
