@@ -37,7 +37,25 @@ def test_chunks_are_exact_spans_of_whole_sentences_with_overlap():
 
 def test_a_paragraph_break_ends_a_sentence_and_wrapped_lines_do_not():
     text = "A heading\n\nA line that wraps\nonto the next. Then more"
-    assert [text[a:b] for a, b in _units(text, 600)] == ["A heading", "A line that wraps\nonto the next.", "Then more"]
+    assert [text[a:b] for a, b in zip(*_units(text, 600), strict=True)] == [
+        "A heading",
+        "A line that wraps\nonto the next.",
+        "Then more",
+    ]
+
+
+def test_a_line_of_megabytes_chunks_in_little_memory():
+    import tracemalloc
+
+    text = "word " * 1_000_000  # 5 MB, one sentence: the old pattern took ~700 MB to match it
+    tracemalloc.start()
+    try:
+        chunks = chunk_text(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(chunks) > 8000 and all(len(c.text) <= 600 and text[c.start : c.end] == c.text for c in chunks)
+    assert peak < 40 << 20, f"{peak >> 20} MB"
 
 
 def minimal_pdf(text: str) -> bytes:
