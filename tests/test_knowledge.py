@@ -4,16 +4,25 @@ interruption, BM25 search (hostile queries included), and `ownllm kb` from the c
 from __future__ import annotations
 
 import sqlite3
+import time
+import tracemalloc
 
 import pytest
 
+from helpers.pdf import minimal_pdf, pdf_pages
 from helpers.runs import bpe_run, ownllm_here
 from ownllm.cli import main
 from ownllm.core.errors import UserError
 from ownllm.knowledge import base as kb_module
 from ownllm.knowledge.base import KnowledgeBase
 from ownllm.knowledge.chunking import _units, chunk_text
-from ownllm.knowledge.documents import read_document
+from ownllm.knowledge.documents import (
+    DocumentTooLarge,
+    ReadLimits,
+    UnreadableDocument,
+    parse_document,
+    read_document,
+)
 
 STORY = (
     "Tom has a red kite. He flies it in the park every Sunday. "
@@ -58,27 +67,6 @@ def test_a_line_of_megabytes_chunks_in_little_memory():
     assert peak < 40 << 20, f"{peak >> 20} MB"
 
 
-def minimal_pdf(text: str) -> bytes:
-    """A one-page PDF whose page shows `text` in Helvetica (written by hand: no PDF library writes text here)."""
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out, offsets = b"%PDF-1.4\n", []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-
-
 def test_documents_are_read_as_text(tmp_path):
     page = tmp_path / "page.html"
     page.write_text(
@@ -103,6 +91,43 @@ def test_documents_are_read_as_text(tmp_path):
         with pytest.raises(UserError) as error:
             read_document(tmp_path / name)
         assert name in str(error.value) and "\n" not in str(error.value)
+
+
+def test_what_is_not_text_is_refused_and_a_few_stray_bytes_are_not():
+    with pytest.raises(UnreadableDocument, match="NUL"):
+        parse_document(b"text\x00more text", "nul.txt")
+    with pytest.raises(UnreadableDocument, match="not UTF-8"):
+        parse_document(bytes(range(128, 256)) * 100 + b"x" * 1000, "junk.txt")  # no NUL, mostly invalid UTF-8
+    latin = ("Un cafe au lait. " * 200).encode() + "Creme brulee.".replace("e", "\u00e8").encode("latin-1")
+    assert parse_document(latin, "menu.txt").count("\ufffd") == 4  # kept, the stray bytes marked
+    assert parse_document(b"\xef\xbb\xbfwith a BOM", "bom.md") == "with a BOM"
+    with pytest.raises(DocumentTooLarge):
+        parse_document(b"a" * 101, "long.txt", ReadLimits(max_chars=100))
+
+
+def test_a_pdf_bomb_is_refused_fast_and_a_pdf_is_bounded_in_pages_text_time_and_memory():
+    bomb = pdf_pages(b" " * (64 << 20), pages=50, flate=True)  # 3 MB that would inflate to 3.2 GB
+    started = time.monotonic()
+    with pytest.raises(DocumentTooLarge, match="bomb.pdf"):
+        parse_document(bomb, "bomb.pdf")
+    assert time.monotonic() - started < 5
+    many = pdf_pages(b"BT /F1 12 Tf 72 720 Td (vault) Tj ET", pages=30)
+    assert parse_document(many, "many.pdf").count("vault") == 30
+    with pytest.raises(DocumentTooLarge, match="30 pages"):
+        parse_document(many, "many.pdf", ReadLimits(max_pages=29))
+    with pytest.raises(DocumentTooLarge, match="characters"):
+        parse_document(many, "many.pdf", ReadLimits(max_chars=100))
+    with pytest.raises(DocumentTooLarge, match="took more than 0 s"):
+        parse_document(many, "many.pdf", ReadLimits(seconds=0))
+    # Pages that each inflate to 2 MB (under the per-stream cap): memory is one page's, not all eight.
+    heavy = pdf_pages(b"BT /F1 12 Tf 72 720 Td (hi) Tj ET" + b" " * (2 << 20), pages=8, flate=True)
+    tracemalloc.start()
+    try:
+        assert parse_document(heavy, "heavy.pdf").count("hi") == 8
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, f"{peak >> 20} MB"
 
 
 def test_adding_is_incremental_and_search_finds_the_passage(tmp_path):

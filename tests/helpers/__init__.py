@@ -6,6 +6,7 @@ helpers.processes  torchrun starts, waiting for and killing whole process trees
 helpers.corpus     small corpora and one-line error checks for the corpus/tokenizer commands
 helpers.chat       the tiny chat model that answers the fixed questions
 helpers.server     a real server (create_app under uvicorn) on loopback
+helpers.pdf        PDFs written by hand: one showing a text, many pages, bombs
 """
 
 from __future__ import annotations
