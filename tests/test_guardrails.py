@@ -89,7 +89,8 @@ def test_each_action_in_the_reply_loop(template):
     assert got[-1].finish_reason == "content_filter"
     engine, got = events(template, "I am fine, you ass.", "hello you ass", "flag")
     assert "".join(e.text for e in got if e.kind == "text") == "I am fine, you ass."  # flagged, unchanged
-    assert [e.finish_reason for e in got if e.kind == "guardrail"] == ["input"]
+    assert [(e.finish_reason, e.text) for e in got if e.kind == "guardrail"] == [("input", "ass"), ("output", "ass")]
+    assert got[-1].messages[0]["content"] == "I am fine, you ass."  # reported, kept as written
     assert "you ass" in template.tokenizer.decode(engine.prompts[0])
 
 

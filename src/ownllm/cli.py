@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("ownllm.commands.chat", "talk to the assistant in the terminal, or answer one prompt (-p)"),
     "feedback": ("ownllm.commands.feedback", "export the replies rated on the web page as fine-tuning data"),
     "serve": ("ownllm.commands.serve", "serve the chat page and an OpenAI-compatible API for the model"),
+    "embed": ("ownllm.commands.embed", "train the run's own text embedder (for the knowledge base and guardrail)"),
+    "guardrail": ("ownllm.commands.guardrail", "train and try the guardrail's classifier (on the run's embeddings)"),
     "kb": ("ownllm.commands.kb", "the knowledge base: add, list, remove and search your documents"),
     "export": ("ownllm.commands.export", "export the model for Hugging Face transformers, llama.cpp (GGUF) or Ollama"),
 }

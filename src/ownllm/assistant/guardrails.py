@@ -16,7 +16,10 @@ Entries match as whole words or phrases, case-insensitively, never inside a word
 A streamed reply is masked without waiting for its end: `StreamMask` holds back the word being
 written and, only where they begin a listed phrase ("ball" of "ball gag"), the words before it.
 A blocklist is a blunt tool (it misses what it does not list and hits benign senses: "suck",
-"escort"); it is the first of the issue's two checks, the classifier on our embeddings is the other.
+"escort"). The second check is the run's own classifier (assistant/safety.py, trained with
+`ownllm guardrail train` on the run's embeddings): it reads a whole message and scores it, so
+it is a finding ("offensive (0.97)") but has nothing to mask; with `refuse` it refuses a user
+message it flags, and a reply it flags is reported (already shown while it streamed).
 """
 
 from __future__ import annotations
@@ -25,19 +28,25 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 ACTIONS = ("off", "flag", "mask", "refuse")
+CLASSIFIER_FINDING = "offensive"
 DEFAULT_ACTION = "mask"
 REFUSAL = "I can't help with that message."
 _WORD = re.compile(r"\w+")
 
 
+class Classifier(Protocol):
+    def flags(self, text: str) -> float | None: ...  # assistant/safety.py's SafetyClassifier
+
+
 class Guardrail:
-    def __init__(self, phrases: Iterable[str], action: str = DEFAULT_ACTION):
+    def __init__(self, phrases: Iterable[str], action: str = DEFAULT_ACTION, classifier: Classifier | None = None):
         if action not in ACTIONS:
             raise ValueError(f"guardrail action {action!r}; expected one of {ACTIONS}")
         entries = sorted({p.strip().lower() for p in phrases if p.strip()}, key=len, reverse=True)
-        self.action = action
+        self.action, self.classifier = action, classifier
         self.max_words = max((len(_WORD.findall(p)) for p in entries), default=1) or 1
         # the first words of every phrase of several words: ("ball",), ("2", "girls"), ...
         self.phrase_starts = {
@@ -49,16 +58,22 @@ class Guardrail:
         )
 
     @classmethod
-    def bundled(cls, action: str = DEFAULT_ACTION) -> Guardrail:
+    def bundled(cls, action: str = DEFAULT_ACTION, classifier: Classifier | None = None) -> Guardrail:
         path = Path(str(resources.files("ownllm.resources"))) / "safety" / "ldnoobw-en.txt"
-        return cls(path.read_text(encoding="utf-8").splitlines(), action)
+        return cls(path.read_text(encoding="utf-8").splitlines(), action, classifier)
 
     @property
     def active(self) -> bool:
         return self.action != "off"
 
     def findings(self, text: str) -> list[str]:
-        return [m.group(0) for m in self._pattern.finditer(text)] if self.active else []
+        """The blocked words and phrases in `text`, and the classifier's verdict when it flags it."""
+        if not self.active:
+            return []
+        found = [m.group(0) for m in self._pattern.finditer(text)]
+        if self.classifier is not None and text.strip() and (score := self.classifier.flags(text)) is not None:
+            found.append(f"{CLASSIFIER_FINDING} ({score:.2f})")
+        return found
 
     def mask(self, text: str) -> str:
         """`text` with every finding replaced by as many stars (white space inside a phrase kept)."""

@@ -135,8 +135,8 @@ def reply(
     With a guardrail (assistant/guardrails.py), what it finds in the user's message is reported
     first as a "guardrail" event (text: the findings, finish_reason: "input"); by its action the
     message is then masked, or refused (the refusal is the reply, finish_reason
-    "content_filter"); the reply's text is masked as it streams, and "guardrail" events
-    (finish_reason "output") report what was masked.
+    "content_filter"); the reply's text is masked as it streams (mask, refuse), and a
+    "guardrail" event (finish_reason "output") reports what the finished reply held.
     """
     conversation = validate(conversation)
     if conversation[-1]["role"] != "user":
@@ -157,7 +157,8 @@ def reply(
                 *conversation[:-1],
                 {**conversation[-1], "content": guardrail.mask(conversation[-1]["content"])},
             ]
-    masking = guardrail is not None and guardrail.masks_output()
+    checking = guardrail is not None and guardrail.active
+    masking = checking and guardrail is not None and guardrail.masks_output()
     context = engine.context_size
     reserved = reply_room(context, params.max_tokens)
     stop_ids = params.stop_ids | template.stop_ids
@@ -191,14 +192,14 @@ def reply(
                     yield ReplyEvent("text", text)
         generated += turn.generated
         message, call, finish_reason = turn.message(may_call=generated < params.max_tokens)
-        if shown is not None and guardrail is not None:
+        if shown is not None:
             rest = shown.finish()
             if rest:
                 yield ReplyEvent("text", rest)
-            found = guardrail.findings(message["content"])
-            if found:
+        if checking and guardrail is not None and (found := guardrail.findings(message["content"])):
+            if masking:
                 message = {**message, "content": guardrail.mask(message["content"])}
-                yield ReplyEvent("guardrail", ", ".join(found), finish_reason="output")
+            yield ReplyEvent("guardrail", ", ".join(found), finish_reason="output")
         new.append(message)
         if call is None:
             yield ReplyEvent(

@@ -2,11 +2,15 @@
 
     ownllm kb add --run runs/demo notes/ handbook.pdf      # files and folders (.txt .md .html .jsonl .pdf)
     ownllm kb list --run runs/demo
-    ownllm kb search --run runs/demo "when is the meeting" -k 5
+    ownllm kb search --run runs/demo "when is the meeting" -k 5 [--retriever bm25|vector|hybrid]
     ownllm kb remove --run runs/demo notes/old.md
+    ownllm kb reindex --run runs/demo        # embed the passages again after `ownllm embed train`
 
 Adding is incremental: an unchanged file is skipped, a changed one has its passages replaced,
-each file in one transaction (Ctrl-C leaves the others as they were; run `add` again).
+each file in one transaction (Ctrl-C leaves the others as they were; run `add` again). When
+the run has an embedder (`ownllm embed train`), passages are embedded as they are added and
+search is hybrid by default (BM25 and the run's embeddings, knowledge/base.py); without one,
+BM25 alone.
 """
 
 from __future__ import annotations
@@ -30,10 +34,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     remove = actions.add_parser("remove", help="remove documents")
     add_run_argument(remove)
     remove.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    search = actions.add_parser("search", help="the passages that best match a query (BM25)")
+    search = actions.add_parser("search", help="the passages that best match a query")
     add_run_argument(search)
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many passages (default: %(default)s)")
+    search.add_argument(
+        "--retriever",
+        choices=("bm25", "vector", "hybrid"),
+        help="how to search (default: hybrid when the passages have the run's embeddings, else bm25)",
+    )
+    reindex = actions.add_parser("reindex", help="embed the passages that lack the run's embeddings")
+    add_run_argument(reindex)
 
 
 def _files(paths: list[Path]) -> tuple[list[Path], int]:
@@ -58,10 +69,12 @@ def _files(paths: list[Path]) -> tuple[list[Path], int]:
 def run(args: argparse.Namespace) -> int:
     run_dir = RunDir.open(args.run, create=False)
     from ownllm.knowledge.base import KnowledgeBase  # lazy: start-up
+    from ownllm.knowledge.embeddings import TextEmbedder  # lazy: loads torch
 
     if args.action == "add":
         files, skipped = _files(args.paths)
-    kb = KnowledgeBase.for_run(run_dir.root)
+    embedder = TextEmbedder.for_run(run_dir.root) if args.action != "remove" else None
+    kb = KnowledgeBase.for_run(run_dir.root, embedder)
     try:
         if args.action == "add":
             counts = {"added": 0, "replaced": 0, "unchanged": 0}
@@ -80,15 +93,24 @@ def run(args: argparse.Namespace) -> int:
             for d in documents:
                 print(f"{d['chunks']:>6} passages {d['chars']:>10,} chars  {d['path']}")
             say(f"{len(documents)} documents in {kb.path}")
+            missing = kb.without_vectors() if embedder is not None else 0
+            if missing:
+                say(f"{missing:,} passages without vectors of the run's embedder: `ownllm kb reindex --run {args.run}`")
         elif args.action == "remove":
             for path in args.paths:
                 if not kb.remove(path):
                     raise UserError(f"{path} is not in the knowledge base (`ownllm kb list` shows what is)")
                 say(f"removed {path}")
+        elif args.action == "reindex":
+            if embedder is None:
+                raise UserError(f"the run has no embedder; train one with `ownllm embed train --run {args.run}`")
+            with progress(total=kb.without_vectors(), desc="embedding", unit="passage") as bar:
+                done = kb.reindex(bar.update)
+            say(f"{done:,} passages embedded in {kb.path}")
         else:
             if args.k < 1:
                 raise UserError("-k must be at least 1")
-            hits = kb.search(args.query, args.k)
+            hits = kb.search(args.query, args.k, args.retriever)
             for i, hit in enumerate(hits, 1):
                 print(f"[{i}] {hit.path} (passage {hit.position}, score {hit.score:.2f})")
                 print("    " + " ".join(hit.text.split())[:400])

@@ -81,6 +81,14 @@ class Transformer(nn.Module):
         positions, and attends to the row's cached ones too. last_only: logits of the last
         position only, (B, 1, vocab): all that sampling the next token needs.
         """
+        x = self.hidden_states(idx, cache, last_only)
+        out_weight = self.lm_head.weight if self.lm_head is not None else self.embed.weight
+        if targets is None:
+            return F.linear(x, out_weight)
+        return linear_cross_entropy(x.view(-1, x.shape[-1]), out_weight, targets.reshape(-1))
+
+    def hidden_states(self, idx: torch.Tensor, cache: CacheView | None = None, last_only: bool = False) -> torch.Tensor:
+        """The final norm's output (B, T, d_model): what the output layer reads, and what an embedder pools."""
         T = idx.shape[1]
         if cache is None:
             if self.config.max_seq_len < T:
@@ -96,11 +104,7 @@ class Transformer(nn.Module):
                 x = block(x, rotation, cache)
         if last_only:
             x = x[:, -1:]
-        x = self.norm(x)
-        out_weight = self.lm_head.weight if self.lm_head is not None else self.embed.weight
-        if targets is None:
-            return F.linear(x, out_weight)
-        return linear_cross_entropy(x.view(-1, x.shape[-1]), out_weight, targets.reshape(-1))
+        return self.norm(x)
 
     def num_params(self) -> int:
         """Every learned number (a tied embedding counted once)."""

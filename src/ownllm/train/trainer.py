@@ -53,6 +53,7 @@ from ownllm.train.optim import build_optimizer, set_lr
 from ownllm.train.schedule import lr_at
 
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+COMMANDS = {"embed": "embed train"}  # the command that trains a stage, where it is not the stage's name
 
 
 class TrainingDiverged(UserError):
@@ -490,7 +491,7 @@ class Trainer:
         self._log({"event": "interrupted", "step": self.step, "signal": signal.Signals(self._stop_signal).name})
         self._say(
             f"interrupted at step {self.step}; checkpoint {self.last_checkpoint}; "
-            f"continue with `ownllm {self.stage} --run {self.run.root} --resume`"
+            f"continue with `ownllm {COMMANDS.get(self.stage, self.stage)} --run {self.run.root} --resume`"
         )
         return EXIT_STATUS[signal.Signals(self._stop_signal)]
 
