@@ -28,7 +28,10 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ownllm.assistant.safety import Embeds
 
 ACTIONS = ("off", "flag", "mask", "refuse")
 CLASSIFIER_FINDING = "offensive"
@@ -61,6 +64,13 @@ class Guardrail:
     def bundled(cls, action: str = DEFAULT_ACTION, classifier: Classifier | None = None) -> Guardrail:
         path = Path(str(resources.files("ownllm.resources"))) / "safety" / "ldnoobw-en.txt"
         return cls(path.read_text(encoding="utf-8").splitlines(), action, classifier)
+
+    @classmethod
+    def for_run(cls, run_dir: str | Path, action: str, embedder: Embeds | None) -> Guardrail:
+        """The bundled blocklist, with the run's classifier when it has one for this embedder."""
+        from ownllm.assistant.safety import SafetyClassifier  # lazy: numpy and torch, only with an embedder
+
+        return cls.bundled(action, SafetyClassifier.for_run(run_dir, embedder) if embedder is not None else None)
 
     @property
     def active(self) -> bool:

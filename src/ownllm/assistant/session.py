@@ -25,7 +25,7 @@ import json
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ownllm.assistant.guardrails import Guardrail
 from ownllm.assistant.knowledge import Citation, augment
@@ -38,6 +38,9 @@ from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_write_json
 from ownllm.knowledge.base import DB_NAME as KNOWLEDGE_DB
 from ownllm.knowledge.base import KnowledgeBase
+
+if TYPE_CHECKING:
+    from ownllm.knowledge.embeddings import TextEmbedder
 
 FORMAT = "ownllm.chat"
 VERSION = 1
@@ -127,6 +130,7 @@ class ChatSession:
         self.history: Conversation = []  # user and assistant (and tool) messages, without the system message
         self.last_dropped = 0  # messages the last reply left out to fit the context
         self.knowledge: KnowledgeBase | None = None  # answer from it (assistant/knowledge.py) when set
+        self.embedder: TextEmbedder | None = None  # the run's own (`ownllm embed train`), when it has one
         self.last_citations: list[Citation] = []  # where the last reply's passage came from
         self.memory: MemoryStore | None = None  # the user's memories (assistant/memory.py) when set
         self.memory_owner = "local"
@@ -150,6 +154,7 @@ class ChatSession:
         answer from the run's knowledge base (None: if it has documents).
         """
         from ownllm.inference.engine import Engine  # lazy: start-up (`ownllm chat --help` does not import torch)
+        from ownllm.knowledge.embeddings import TextEmbedder  # lazy: start-up, as above
 
         settings.checked()
         engine = Engine.load(run, stage=stage, device=device, max_slots=1)
@@ -159,9 +164,10 @@ class ChatSession:
             assert resolved is not None  # Engine.load sets it
             system, note = default_system_prompt(resolved.persona, resolved.stage, resolved.path)
         session = cls(engine, ChatTemplate(engine.tokenizer), system, settings, note)
+        session.embedder = TextEmbedder.for_run(run, engine.device)
         db = Path(run) / KNOWLEDGE_DB
         if knowledge or (knowledge is None and db.is_file()):
-            session.knowledge = KnowledgeBase(db)
+            session.knowledge = KnowledgeBase(db, session.embedder)
             if knowledge is None and not session.knowledge.documents():
                 session.knowledge.close()
                 session.knowledge = None

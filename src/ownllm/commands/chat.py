@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from ownllm.assistant.guardrails import Guardrail
+from ownllm.assistant.guardrails import CLASSIFIER_FINDING, Guardrail
 from ownllm.assistant.session import ChatSession, Settings
 from ownllm.chatformat.tools import parse_tool_call
 from ownllm.commands.common import add_run_argument
@@ -101,8 +101,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--guardrail",
         default="mask",
         choices=("off", "flag", "mask", "refuse"),
-        help="the blocklist on messages and replies: mask the words (default), refuse such messages, "
-        "only flag them, or off",
+        help="the blocklist (and the run's classifier, `ownllm guardrail train`) on messages and replies: "
+        "mask the words (default), refuse such messages, only flag them, or off",
     )
     parser.add_argument(
         "--kb",
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UserError) as e:  # a read-only run, a damaged file: chat on without memories
             say(f"(memories are off: cannot open {Path(args.run) / 'assistant.db'}: {e})")
         if args.guardrail != "off":
-            session.guardrail = Guardrail.bundled(args.guardrail)
+            session.guardrail = Guardrail.for_run(args.run, args.guardrail, session.embedder)
     say(session.note)
     try:
         if prompt is not None:
@@ -190,7 +190,11 @@ class Display:
         elif event.kind == "guardrail":
             where = "your message" if event.finish_reason == "input" else "the reply"
             self.end()
-            say(f"(guardrail: {len(event.text.split(', '))} blocked word(s) in {where})")
+            found = event.text.split(", ")
+            verdicts = [f for f in found if f.startswith(CLASSIFIER_FINDING + " (")]
+            what = [f"{len(found) - len(verdicts)} blocked word(s)"] if len(found) > len(verdicts) else []
+            what += [f"judged {v} by the classifier" for v in verdicts]
+            say(f"(guardrail: {', '.join(what)} in {where})")
         elif event.kind == "done":
             if event.dropped > self.dropped_before or event.finish_reason == "length":
                 self.end()
