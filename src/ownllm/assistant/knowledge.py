@@ -24,12 +24,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from ownllm.knowledge.base import STOPWORDS, KnowledgeBase
+from ownllm.knowledge.base import STOPWORDS, Hit
 
 PROMPT = "Read the text and answer the question.\n\n{passage}\n\nQuestion: {question}"
 MIN_WORDS, MIN_SHARE = 2, 0.5
 _WORD = re.compile(r"\w+")
+
+
+class Searchable(Protocol):
+    """What augment searches: a KnowledgeBase, or one owner's view of the server's (knowledge/library.py)."""
+
+    def search(self, query: str, k: int = 5) -> list[Hit]: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ def about(question: str, passage: str) -> bool:
     return len(found) >= MIN_WORDS and len(found) >= MIN_SHARE * len(wanted)
 
 
-def augment(question: str, kb: KnowledgeBase, fits: Callable[[str], bool]) -> tuple[str, list[Citation]]:
+def augment(question: str, kb: Searchable, fits: Callable[[str], bool]) -> tuple[str, list[Citation]]:
     """(the message to send, its citations): the question with the best passage, or the question as it is."""
     for hit in kb.search(question, k=3):
         if not about(question, hit.text):
