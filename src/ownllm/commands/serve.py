@@ -76,6 +76,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="connections open at once; more are answered 503 and closed (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=defaults.max_upload_bytes / (1 << 20),
+        metavar="MB",
+        help="the largest document a key may upload to its knowledge base (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--max-documents",
+        type=int,
+        default=defaults.max_documents,
+        metavar="N",
+        help="documents each API key may keep in its own knowledge base (default: %(default)s)",
+    )
+    parser.add_argument(
         "--header-timeout",
         type=float,
         default=defaults.header_seconds,
@@ -115,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         max_slots=args.max_slots,
         max_queue=args.max_queue,
         max_connections=args.max_connections,
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        max_documents=args.max_documents,
         header_seconds=args.header_timeout,
         body_seconds=args.body_timeout,
         guardrail=args.guardrail,

@@ -4,14 +4,16 @@
     GET  /metrics                Prometheus text
     GET  /api/model-card         the model card (report/MODEL_CARD.md from `ownllm report`), Markdown
     /v1/...                      the OpenAI-compatible API (openai_api.py)
+    /v1/knowledge/...            each key's own documents, searched with the run's (knowledge_api.py)
     /api/...                     conversations kept in assistant.db (conversations.py)
     GET  /, /static/...          the chat page
 
 The model loads in a background thread so that the server answers (and /health says
 "loading") at once. app.state holds what the routes share: settings, engine (None while
-loading), template, persona (None for a model without chat training), store, model_id,
-metrics, gate (admission of generations), ready (an Event set when loading ends, well or
-not) and load_error.
+loading), template, persona (None for a model without chat training), store, knowledge
+(the run's knowledge.db, if any), library (it and each key's own, knowledge/library.py),
+model_id, metrics, gate (admission of generations), ready (an Event set when loading ends,
+well or not) and load_error.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine
 from ownllm.knowledge.base import DB_NAME as KNOWLEDGE_DB
 from ownllm.knowledge.base import KnowledgeBase
-from ownllm.server import conversations, openai_api
+from ownllm.knowledge.library import FOLDER as LIBRARY_FOLDER
+from ownllm.knowledge.library import Library
+from ownllm.server import conversations, knowledge_api, openai_api
 from ownllm.server.metrics import Metrics, MetricsMiddleware
 from ownllm.server.security import APIError, install_security, legacy_owner_id, owner_id, require_owner
 from ownllm.server.settings import ServerSettings
@@ -57,6 +61,9 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
         app.state.loop = asyncio.get_running_loop()  # where a shutdown signal hands over (connections.Server)
         app.state.store = Store.for_run(run_dir)
         app.state.knowledge = KnowledgeBase(run_dir / KNOWLEDGE_DB) if (run_dir / KNOWLEDGE_DB).is_file() else None
+        app.state.library = Library(
+            run_dir / LIBRARY_FOLDER, lambda: app.state.knowledge, max_documents=settings.max_documents
+        )
         app.state.owner_secret = app.state.store.secret()
         if settings.api_key:  # conversations kept under the old, unkeyed owner id move to the keyed one
             app.state.store.rename_owner(
@@ -75,6 +82,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
             if loader is not None:
                 await anyio.to_thread.run_sync(_close_loaded, app)
             app.state.store.close()
+            app.state.library.close()
             if app.state.knowledge is not None:
                 app.state.knowledge.close()
 
@@ -88,6 +96,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     app.state.persona = None
     app.state.store = None
     app.state.knowledge = None  # the run's knowledge base (knowledge.db), when it has one
+    app.state.library = None  # the knowledge bases a caller may read: its own and the run's (knowledge/library.py)
     app.state.guardrail = Guardrail.bundled(settings.guardrail) if settings.guardrail != "off" else None
     app.state.model_id = run_dir.resolve().name
     app.state.created = int(time.time())
@@ -130,6 +139,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
         return FileResponse(STATIC / "index.html")
 
     app.include_router(openai_api.router)
+    app.include_router(knowledge_api.router)
     app.include_router(conversations.router, prefix="/api")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_security(app, settings)

@@ -332,9 +332,9 @@ async def _reply(request: Request, owner: str, conversation_id: str, kind: str, 
         if turn is None:  # deleted since we looked
             raise not_found()
         prompt = ([{"role": "system", "content": system}] if system.strip() else []) + turn.history
-        if state.knowledge is not None:  # the model reads the passage; the stored message stays as typed
-            prompt, cited = await lease.run(answer_from_knowledge, state, prompt, params.max_tokens)
-            citations = [asdict(c) for c in cited]
+        # The model reads the passage (the caller's knowledge base or the run's); the stored message stays as typed.
+        prompt, cited = await lease.run(answer_from_knowledge, state, prompt, params.max_tokens, owner)
+        citations = [asdict(c) for c in cited]
         events = reply(state.engine, state.template, prompt, params, truncate=True, guardrail=state.guardrail)
         first = await lease.next(events, None)
         added = await lease.run(store.get_messages, list(turn.added))

@@ -112,8 +112,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, owner:
     citations: list[Citation] = []
     try:
         dropped = 0
-        if state.knowledge is not None and body.knowledge is not False:
-            conversation, citations = await lease.run(answer_from_knowledge, state, conversation, params.max_tokens)
+        if body.knowledge is not False:
+            conversation, citations = await lease.run(
+                answer_from_knowledge, state, conversation, params.max_tokens, owner
+            )
         if truncate:  # trimmed here, not only inside reply(), so the count can go in the headers of a stream
             conversation, dropped = await lease.run(
                 fit, state.template, conversation, state.engine.context_size, params.max_tokens
@@ -133,15 +135,20 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, owner:
     return await respond(fmt, body, lease, pieces, first, started, headers, state.metrics)
 
 
-def answer_from_knowledge(state: Any, conversation: Conversation, max_tokens: int) -> tuple[Conversation, list]:
-    """The conversation with its last message asked with a passage from the knowledge base, if one is about it."""
+def answer_from_knowledge(
+    state: Any, conversation: Conversation, max_tokens: int, owner: str
+) -> tuple[Conversation, list[Citation]]:
+    """The conversation with its last message asked with a passage from the knowledge bases `owner` may read
+    (their own and the run's shared one; knowledge/library.py), if one is about it."""
+    if state.library is None or not conversation or conversation[-1]["role"] != "user":
+        return conversation, []
     head = conversation[:1] if conversation[0]["role"] == "system" else []
 
     def fits(text: str) -> bool:
         asked = [*head, {"role": "user", "content": text}]
         return prompt_fits(state.template, asked, state.engine.context_size, max_tokens)
 
-    message, citations = augment(conversation[-1]["content"], state.knowledge, fits)
+    message, citations = augment(conversation[-1]["content"], state.library.for_owner(owner), fits)
     return [*conversation[:-1], {"role": "user", "content": message}], citations
 
 

@@ -15,7 +15,9 @@
   which cannot send application/json without a CORS preflight), at most max_body_bytes (413),
   counted while it arrives, so a chunked body without Content-Length cannot get around it, and
   complete within body_seconds (408). A refusal sent before the body was read closes the
-  connection, so a client cannot keep trickling bytes into it.
+  connection, so a client cannot keep trickling bytes into it. The one exception is the
+  document upload (RAW_BODY_ROUTES: the file itself is the body), which applies the same
+  checks itself with its own limits (knowledge_api.py); the Host, Origin and key checks stand.
 
 - Response headers, on every response: the page's Content-Security-Policy with
   frame-ancestors 'none' (no other site may frame it; a meta tag cannot say that),
@@ -62,6 +64,8 @@ SECURITY_HEADERS = [
 ]
 HOST_HEADER = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?$")
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+# Routes whose body is a file, not JSON: they check its type, size and time themselves (knowledge_api.py).
+RAW_BODY_ROUTES = {("POST", "/v1/knowledge/documents")}
 # Pydantic names the member of a union a value failed in the error location: "str", "list[str]", "TextPart".
 # Field names are snake_case, so a type name, a validated type ("function-after[...]") or a CamelCase
 # model name is a union tag.
@@ -256,7 +260,8 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         refusal = self._check_host(headers) or self._check_origin(headers) or self._check_key(scope, headers)
-        if refusal is None and scope["method"] in BODY_METHODS and _has_body(headers):
+        raw = (scope["method"], scope["path"]) in RAW_BODY_ROUTES
+        if refusal is None and scope["method"] in BODY_METHODS and _has_body(headers) and not raw:
             refusal = _check_content_type(headers)
             if refusal is None:
                 body, refusal = await self._read_body(headers, receive)

@@ -23,6 +23,8 @@ class ServerSettings:
     insecure: bool = False  # allow a non-loopback bind without a key
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API from other pages; () = none
     max_body_bytes: int = 1 << 20  # request bodies above this are refused (413) before they are parsed
+    max_upload_bytes: int = 10 << 20  # a document uploaded to /v1/knowledge/documents (413 past it)
+    max_documents: int = 100  # documents each API key may keep in its own knowledge base
     max_messages: int = 256
     max_message_chars: int = 32_000
     max_prompt_chars: int = 100_000  # /v1/completions prompt text
@@ -59,6 +61,8 @@ class ServerSettings:
             raise UserError(f"--port {self.port} is not a TCP port (0-65535)")
         if self.max_slots < 1 or self.max_queue < 1:
             raise UserError("--max-slots and --max-queue must be at least 1")
+        if self.max_upload_bytes < 1 or self.max_documents < 1:
+            raise UserError("--max-upload-mb and --max-documents must be more than 0")
         if self.max_connections < 1:
             raise UserError("--max-connections must be at least 1")
         if not (0 < self.header_seconds <= 3600 and 0 < self.body_seconds <= 3600):
