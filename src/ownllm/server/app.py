@@ -12,8 +12,9 @@ The model loads in a background thread so that the server answers (and /health s
 "loading") at once. app.state holds what the routes share: settings, engine (None while
 loading), template, persona (None for a model without chat training), store, knowledge
 (the run's knowledge.db, if any), library (it and each key's own, knowledge/library.py),
-model_id, metrics, gate (admission of generations), ready (an Event set when loading ends,
-well or not) and load_error.
+embedder and guardrail (both set with the model: the run's embedder, if it has one, gives the
+knowledge bases their vectors and the guardrail its classifier), model_id, metrics, gate
+(admission of generations), ready (an Event set when loading ends, well or not) and load_error.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine
 from ownllm.knowledge.base import DB_NAME as KNOWLEDGE_DB
 from ownllm.knowledge.base import KnowledgeBase
+from ownllm.knowledge.embeddings import TextEmbedder
 from ownllm.knowledge.library import FOLDER as LIBRARY_FOLDER
 from ownllm.knowledge.library import Library
-from ownllm.server import conversations, knowledge_api, openai_api
+from ownllm.server import conversations, embeddings_api, knowledge_api, openai_api
 from ownllm.server.metrics import Metrics, MetricsMiddleware
 from ownllm.server.security import APIError, install_security, legacy_owner_id, owner_id, require_owner
 from ownllm.server.settings import ServerSettings
@@ -62,7 +64,10 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
         app.state.store = Store.for_run(run_dir)
         app.state.knowledge = KnowledgeBase(run_dir / KNOWLEDGE_DB) if (run_dir / KNOWLEDGE_DB).is_file() else None
         app.state.library = Library(
-            run_dir / LIBRARY_FOLDER, lambda: app.state.knowledge, max_documents=settings.max_documents
+            run_dir / LIBRARY_FOLDER,
+            lambda: app.state.knowledge,
+            max_documents=settings.max_documents,
+            open_kb=lambda path: KnowledgeBase(path, app.state.embedder),
         )
         app.state.owner_secret = app.state.store.secret()
         if settings.api_key:  # conversations kept under the old, unkeyed owner id move to the keyed one
@@ -74,6 +79,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
             loader = threading.Thread(target=_load, args=(app, run_dir, settings), name="ownllm-load", daemon=True)
             loader.start()
         else:
+            _load_embedder(app, run_dir, settings, engine.device)
             _serve(app, engine)
             app.state.ready.set()
         try:
@@ -97,7 +103,8 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
     app.state.store = None
     app.state.knowledge = None  # the run's knowledge base (knowledge.db), when it has one
     app.state.library = None  # the knowledge bases a caller may read: its own and the run's (knowledge/library.py)
-    app.state.guardrail = Guardrail.bundled(settings.guardrail) if settings.guardrail != "off" else None
+    app.state.guardrail = None  # set when the model is loaded (with the run's classifier, if it has one)
+    app.state.embedder = None  # the run's own embedder (`ownllm embed train`), once loaded, if it has one
     app.state.model_id = run_dir.resolve().name
     app.state.created = int(time.time())
     app.state.metrics = Metrics()
@@ -140,6 +147,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
 
     app.include_router(openai_api.router)
     app.include_router(knowledge_api.router)
+    app.include_router(embeddings_api.router)
     app.include_router(conversations.router, prefix="/api")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_security(app, settings)
@@ -148,7 +156,8 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
 
 
 def _load(app: FastAPI, run_dir: Path, settings: ServerSettings) -> None:
-    """Background thread: load the engine, then serve it; on failure keep the one-line reason for /health."""
+    """Background thread: load the engine (and the run's embedder), then serve it; on failure keep the one-line
+    reason for /health."""
     try:
         engine = Engine.load(
             run_dir,
@@ -157,6 +166,11 @@ def _load(app: FastAPI, run_dir: Path, settings: ServerSettings) -> None:
             max_slots=settings.max_slots,
             max_queue=settings.max_queue,
         )
+        try:
+            _load_embedder(app, run_dir, settings, engine.device)
+        except BaseException:
+            engine.close()
+            raise
         _serve(app, engine)
     except UserError as e:  # a damaged checkpoint, a mismatched tokenizer: `ownllm serve` prints the line and exits
         app.state.load_error = str(e)
@@ -165,6 +179,16 @@ def _load(app: FastAPI, run_dir: Path, settings: ServerSettings) -> None:
         app.state.load_error = f"{type(e).__name__}: {e}"
     finally:
         app.state.ready.set()
+
+
+def _load_embedder(app: FastAPI, run_dir: Path, settings: ServerSettings, device) -> None:
+    """The run's embedder for /v1/embeddings, the knowledge bases' vectors and the guardrail's classifier."""
+    embedder = TextEmbedder.for_run(run_dir, device)
+    app.state.embedder = embedder
+    if app.state.knowledge is not None:
+        app.state.knowledge.embedder = embedder
+    if settings.guardrail != "off":
+        app.state.guardrail = Guardrail.for_run(run_dir, settings.guardrail, embedder)
 
 
 def _close_loaded(app: FastAPI) -> None:

@@ -67,7 +67,14 @@ from ownllm.knowledge.library import BadName, DocumentLimit, check_name
 from ownllm.server.schemas import Text
 from ownllm.server.security import APIError, require_owner
 
-router = APIRouter(prefix="/v1/knowledge", dependencies=[Depends(require_owner)])
+
+def loaded(request: Request) -> None:
+    """503 until the model and the run's embedder are loaded: passages added before would lack its vectors."""
+    if not request.app.state.ready.is_set():
+        raise APIError(503, "the model is still loading; try again in a moment", code="model_not_ready")
+
+
+router = APIRouter(prefix="/v1/knowledge", dependencies=[Depends(require_owner), Depends(loaded)])
 
 UPLOADS_AT_ONCE = 8  # bodies being received at once, each at most max_upload_bytes in memory
 READERS_AT_ONCE = 2  # documents being parsed at once (a PDF may take seconds of a thread)
