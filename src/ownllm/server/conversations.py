@@ -24,10 +24,10 @@ as a memory of that owner (assistant/memory.py), and the memories a message is a
 system prompt of its reply; each key sees and deletes only its own. So does the guardrail log:
 {"entries": [{"id", "route", "direction", "findings", "action", "created"}]}, oldest first.
 
-With a knowledge base (app.state.knowledge), a message is answered from it as on
-/v1/chat/completions (openai_api.answer_from_knowledge): when a passage is about the user's
-last message, the model is asked that message with the passage, while the conversation keeps
-the message as typed. The passages are the reply's `citations` ({"path", "position", "start",
+With knowledge (the caller's own documents or the run's shared ones, app.state.library), a
+message is answered from it as on /v1/chat/completions (openai_api.answer_from_knowledge):
+when a passage is about the user's last message, the model is asked that message with the
+passage, while the conversation keeps the message as typed. The passages are the reply's `citations` ({"path", "position", "start",
 "end", "text"} each): in `done`, and saved with the reply (a message has a "citations" list
 only when it was given some).
 
