@@ -149,3 +149,14 @@ def test_the_classifier_guards_every_route(server, run, capsys):
     status, _ = ownllm_here(None, "chat", "--run", run, "--guardrail", "refuse", "-p", FLAGGED)
     printed = capsys.readouterr()
     assert status == 0 and "judged offensive" in printed.err and REFUSAL in printed.out
+
+
+def test_serve_searches_with_the_retriever_it_is_given(run):
+    from ownllm.core.errors import UserError
+
+    with pytest.raises(UserError, match="--retriever"):
+        ServerSettings(retriever="magic").check()
+    with torch_threads(1), live_server(run, ServerSettings(api_key=KEY, retriever="hybrid")) as live:
+        kb = live.app.state.library._open_kb(run / "probe.db")
+        assert kb.retriever == "hybrid" and kb.embedder is live.app.state.embedder is not None
+        kb.close()

@@ -8,9 +8,9 @@
 
 Adding is incremental: an unchanged file is skipped, a changed one has its passages replaced,
 each file in one transaction (Ctrl-C leaves the others as they were; run `add` again). When
-the run has an embedder (`ownllm embed train`), passages are embedded as they are added and
-search is hybrid by default (BM25 and the run's embeddings, knowledge/base.py); without one,
-BM25 alone.
+the run has an embedder (`ownllm embed train`), passages are embedded as they are added, and
+`--retriever vector` or `hybrid` (BM25 and the embeddings fused, knowledge/base.py) search with
+them; the default is BM25, the best measured on SQuAD with the demo's embedder.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     search.add_argument(
         "--retriever",
         choices=("bm25", "vector", "hybrid"),
-        help="how to search (default: hybrid when the passages have the run's embeddings, else bm25)",
+        help="how to search (default: bm25, the best measured; vector and hybrid need `ownllm embed train`)",
     )
     reindex = actions.add_parser("reindex", help="embed the passages that lack the run's embeddings")
     add_run_argument(reindex)

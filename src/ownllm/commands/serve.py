@@ -110,6 +110,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the blocklist on every route's messages and replies; findings are logged in assistant.db "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--retriever",
+        default=defaults.retriever,
+        choices=("bm25", "vector", "hybrid"),
+        help="how the knowledge bases are searched; vector and hybrid use the run's embedder "
+        "(`ownllm embed train`) (default: %(default)s, the best measured)",
+    )
     parser.add_argument("--stage", choices=("sft", "pretrain"), help="checkpoints to serve (default: sft if any)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--access-log", action="store_true", help="print a line per request")
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         header_seconds=args.header_timeout,
         body_seconds=args.body_timeout,
         guardrail=args.guardrail,
+        retriever=args.retriever,
         device=args.device,
     ).check()
     run_dir = RunDir.open(args.run, create=False)

@@ -67,7 +67,7 @@ def create_app(run_dir: Path, settings: ServerSettings, engine: Engine | None = 
             run_dir / LIBRARY_FOLDER,
             lambda: app.state.knowledge,
             max_documents=settings.max_documents,
-            open_kb=lambda path: KnowledgeBase(path, app.state.embedder),
+            open_kb=lambda path: _knowledge_base(path, app.state.embedder, settings.retriever),
         )
         app.state.owner_secret = app.state.store.secret()
         if settings.api_key:  # conversations kept under the old, unkeyed owner id move to the keyed one
@@ -186,9 +186,15 @@ def _load_embedder(app: FastAPI, run_dir: Path, settings: ServerSettings, device
     embedder = TextEmbedder.for_run(run_dir, device)
     app.state.embedder = embedder
     if app.state.knowledge is not None:
-        app.state.knowledge.embedder = embedder
+        app.state.knowledge.embedder, app.state.knowledge.retriever = embedder, settings.retriever
     if settings.guardrail != "off":
         app.state.guardrail = Guardrail.for_run(run_dir, settings.guardrail, embedder)
+
+
+def _knowledge_base(path: Path, embedder: TextEmbedder | None, retriever: str) -> KnowledgeBase:
+    kb = KnowledgeBase(path, embedder)
+    kb.retriever = retriever
+    return kb
 
 
 def _close_loaded(app: FastAPI) -> None:

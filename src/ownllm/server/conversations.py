@@ -27,9 +27,9 @@ system prompt of its reply; each key sees and deletes only its own. So does the 
 With knowledge (the caller's own documents or the run's shared ones, app.state.library), a
 message is answered from it as on /v1/chat/completions (openai_api.answer_from_knowledge):
 when a passage is about the user's last message, the model is asked that message with the
-passage, while the conversation keeps the message as typed. The passages are the reply's `citations` ({"path", "position", "start",
-"end", "text"} each): in `done`, and saved with the reply (a message has a "citations" list
-only when it was given some).
+passage, while the conversation keeps the message as typed. The passages are the reply's
+`citations` ({"path", "position", "start", "end", "text"} each): in `done`, and saved with the
+reply (a message has a "citations" list only when it was given some).
 
 A stream is `text/event-stream`, one JSON object per event:
 

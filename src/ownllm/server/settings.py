@@ -41,6 +41,7 @@ class ServerSettings:
     guardrail: str = (
         "mask"  # the blocklist's action on every route: off | flag | mask | refuse (assistant/guardrails.py)
     )
+    retriever: str = "bm25"  # how the knowledge bases are searched: bm25 | vector | hybrid (knowledge/base.py)
     stage: str | None = None  # checkpoints to serve: None = sft if the run has one, else pretrain
     device: str = "auto"
 
@@ -69,6 +70,8 @@ class ServerSettings:
             raise UserError("--header-timeout and --body-timeout must be between 0 and 3600 seconds")
         for origin in self.cors_origins:
             check_origin(origin)
+        if self.retriever not in ("bm25", "vector", "hybrid"):
+            raise UserError(f"--retriever {self.retriever} is not one of bm25, vector, hybrid")
         if self.guardrail not in ("off", "flag", "mask", "refuse"):
             raise UserError(f"--guardrail {self.guardrail} is not one of off, flag, mask, refuse")
         return self
