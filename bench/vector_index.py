@@ -4,8 +4,9 @@ Both are exact (sqlite-vec's vec0 scans every vector, as the matrix product does
 question is speed and what it costs to keep: N random unit vectors of 256 dimensions (the
 embedder's size; the cost does not depend on what the vectors mean), 300 queries, k = 50
 (what hybrid search asks of each retriever). Prints build time, p50/p95 per query, and that
-both return the same neighbours. sqlite-vec is not a dependency of ownllm; install it to run
-this (`pip install sqlite-vec`).
+both return the same neighbours. sqlite-vec is not a dependency of ownllm; install it to compare
+(`pip install sqlite-vec`). It needs a Python whose sqlite3 can load extensions: pyenv's and
+some distributions' builds cannot (no `enable_load_extension`), and then only numpy is measured.
 
     .venv/bin/python bench/vector_index.py --sizes 10000 100000
 """
@@ -32,9 +33,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--k", type=int, default=50)
     args = parser.parse_args()
-    import sqlite_vec  # not a dependency: see the docstring
+    try:
+        import sqlite_vec  # not a dependency: see the docstring
 
-    print(f"{platform.node()} {platform.machine()}, numpy {np.__version__}, sqlite-vec {sqlite_vec.__version__}")
+        usable = hasattr(sqlite3.connect(":memory:"), "enable_load_extension")
+    except ImportError:
+        sqlite_vec, usable = None, False
+    print(f"{platform.node()} {platform.machine()}, numpy {np.__version__}, SQLite {sqlite3.sqlite_version}")
+    if not usable:
+        print("sqlite-vec not measured: not installed, or this Python's sqlite3 cannot load extensions")
     rng = np.random.default_rng(0)
     for n in args.sizes:
         vectors = rng.standard_normal((n, args.dim)).astype(np.float32)
@@ -55,6 +62,13 @@ def main() -> None:
             numpy_times.append(time.perf_counter() - start)
             numpy_ids.append(set(top.tolist()))
 
+        numpy_line = (
+            f"{n:>7,} vectors x {args.dim}: numpy matrix {percentiles(numpy_times)} (load {numpy_build:.2f} s, "
+            f"{matrix.nbytes / 2**20:.0f} MiB)"
+        )
+        if not usable or sqlite_vec is None:
+            print(numpy_line)
+            continue
         db = sqlite3.connect(":memory:")
         db.enable_load_extension(True)
         sqlite_vec.load(db)
@@ -74,8 +88,7 @@ def main() -> None:
             vec_times.append(time.perf_counter() - start)
             same += len({r[0] for r in rows} & expected)
         print(
-            f"{n:>7,} vectors x {args.dim}: numpy matrix {percentiles(numpy_times)} (load {numpy_build:.2f} s, "
-            f"{matrix.nbytes / 2**20:.0f} MiB); sqlite-vec vec0 {percentiles(vec_times)} (build {vec_build:.2f} s); "
+            f"{numpy_line}; sqlite-vec vec0 {percentiles(vec_times)} (build {vec_build:.2f} s); "
             f"same top-{args.k}: {same / (args.k * len(queries)):.1%}"
         )
 
