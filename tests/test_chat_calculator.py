@@ -153,5 +153,5 @@ def test_tool_calls_round_trip_and_bad_calls_get_error_results():
     assert malformed == {"name": "", "arguments": "calculate 12 * 7"}
     assert format_tool_call(malformed) == "calculate 12 * 7"  # kept verbatim
     assert run_tool(malformed).startswith("error: a tool call must look like")
-    assert run_tool(parse_tool_call("shell(rm -rf /)")) == "error: unknown tool 'shell'; available: calculator"
+    assert run_tool(parse_tool_call("shell(rm -rf /)")) == "error: unknown tool 'shell'; available: calculator, search"
     assert run_tool(parse_tool_call("calculator(__import__('os'))")).startswith("error: unexpected character")

@@ -1,4 +1,4 @@
-"""One assistant reply to a conversation, with the calculator tool loop and context trimming.
+"""One assistant reply to a conversation, with the tool loop (calculator, search) and context trimming.
 
 Used by `ownllm chat` (assistant/session.py) and by the HTTP server (server/), so it holds no
 terminal or HTTP code.
@@ -7,7 +7,7 @@ How a reply is made:
 
     fit the conversation into the context (dropping the oldest exchanges), render the prompt
     stream the engine's tokens; text before a <|tool_call|> is the reply's text
-    a complete tool call: run it, append the call and its result, render again, go on
+    a complete tool call: run it (`tools` by name), append the call and its result, render again, go on
     the end: a "done" event with the new messages and the counts
 
 The context keeps room for the reply: min(params.max_tokens, a quarter of the context) tokens.
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ownllm.assistant.guardrails import REFUSAL, Guardrail, StreamMask
 from ownllm.chatformat.conversation import Conversation, Message, validate
 from ownllm.chatformat.template import ChatTemplate
-from ownllm.chatformat.tools import format_tool_call, run_tool
+from ownllm.chatformat.tools import Tool, format_tool_call, run_tool
 from ownllm.core.errors import UserError
 
 if TYPE_CHECKING:  # only for annotations: importing this module does not import PyTorch
@@ -120,16 +120,19 @@ def reply(
     truncate: bool = True,
     max_tool_calls: int = 3,
     guardrail: Guardrail | None = None,
+    tools: Mapping[str, Tool] | None = None,
 ) -> Generator[ReplyEvent, None, None]:
     """Stream the assistant's reply to `conversation` (which ends with a user message).
 
     Generation stops at the template's stop ids. When the model ends its turn with a tool
-    call, the tool runs (ownllm.chatformat.tools.run_tool), its result becomes a tool message, and
-    the model continues, up to max_tool_calls times (after that a further call ends the
-    reply, keeping the text before it). A call cut off before its <|end_of_turn|> (max
-    tokens, cancellation) is not run and not kept. With truncate=False an over-long
-    conversation raises ContextOverflow instead of dropping turns. The prompt must leave room
-    for params.max_tokens (or at least a quarter of the context, whichever is less).
+    call, the tool runs (ownllm.chatformat.tools.run_tool with `tools`, default TOOLS: the
+    calculator, and a search that answers "no knowledge base"; assistant/knowledge.py SearchTool
+    binds search to one), its result becomes a tool message, and the model continues, up to
+    max_tool_calls times (after that a further call ends the reply, keeping the text before
+    it). A call cut off before its <|end_of_turn|> (max tokens, cancellation) is not run and
+    not kept. With truncate=False an over-long conversation raises ContextOverflow instead of
+    dropping turns. The prompt must leave room for params.max_tokens (or at least a quarter
+    of the context, whichever is less).
     Closing the iterator cancels the generation in the engine.
 
     With a guardrail (assistant/guardrails.py), what it finds in the user's message is reported
@@ -212,7 +215,7 @@ def reply(
             )
             return
         yield ReplyEvent("tool_call", format_tool_call(call))
-        result = run_tool(call)
+        result = run_tool(call, tools)
         new.append({"role": "tool", "content": result})
         yield ReplyEvent("tool_result", result, messages=new[-2:])
 

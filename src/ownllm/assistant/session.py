@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ownllm.assistant.guardrails import Guardrail
-from ownllm.assistant.knowledge import Citation, augment
+from ownllm.assistant.knowledge import Citation, SearchTool, augment
 from ownllm.assistant.memory import MemoryStore, relevant, stated_fact, with_memories
 from ownllm.assistant.reply import ReplyEvent, prompt_fits, reply
 from ownllm.chatformat.conversation import Conversation, InvalidConversation, Message, validate
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.template import ChatTemplate
+from ownllm.chatformat.tools import SEARCH, TOOLS, Tool
 from ownllm.core.errors import UserError
 from ownllm.core.fsutil import atomic_write_json
 from ownllm.knowledge.base import DB_NAME as KNOWLEDGE_DB
@@ -44,6 +45,15 @@ if TYPE_CHECKING:
 
 FORMAT = "ownllm.chat"
 VERSION = 1
+
+# How a chat with a knowledge base answers from it (assistant/knowledge.py): "rag" puts the best
+# passage before the question; "tool" leaves the question as it is and lets the model call
+# search(...). Either way the model may call search, and the reply cites what it was shown.
+# The default is rag, which measured better (bench/kb_answers.py, docs/benchmarks.md): on the demo
+# model fine-tuned with the search conversations 53% of 320 answers right against 49% for tool (within
+# the noise), and a chat model fine-tuned before the search tool never calls it (16% against 6%).
+KB_MODES = ("rag", "tool")
+DEFAULT_KB_MODE = "rag"
 
 
 @dataclass(frozen=True)
@@ -130,8 +140,9 @@ class ChatSession:
         self.history: Conversation = []  # user and assistant (and tool) messages, without the system message
         self.last_dropped = 0  # messages the last reply left out to fit the context
         self.knowledge: KnowledgeBase | None = None  # answer from it (assistant/knowledge.py) when set
+        self.kb_mode = DEFAULT_KB_MODE  # how: one of KB_MODES
         self.embedder: TextEmbedder | None = None  # the run's own (`ownllm embed train`), when it has one
-        self.last_citations: list[Citation] = []  # where the last reply's passage came from
+        self.last_citations: list[Citation] = []  # where the last reply's passages came from
         self.memory: MemoryStore | None = None  # the user's memories (assistant/memory.py) when set
         self.memory_owner = "local"
         self.last_remembered: str | None = None  # the fact the last message stated, now kept
@@ -147,12 +158,15 @@ class ChatSession:
         settings: Settings = Settings(),
         device: str = "auto",
         knowledge: bool | None = None,
+        kb_mode: str = DEFAULT_KB_MODE,
     ) -> ChatSession:
         """A session on the latest checkpoint of `stage` (None: sft if the run has one, else pretrain).
 
         `system` None takes the default (see default_system_prompt); "" means none. `knowledge`:
-        answer from the run's knowledge base (None: if it has documents).
+        answer from the run's knowledge base (None: if it has documents), in `kb_mode` (KB_MODES).
         """
+        if kb_mode not in KB_MODES:
+            raise UserError(f"kb_mode {kb_mode!r} is not one of {', '.join(KB_MODES)}")
         from ownllm.inference.engine import Engine  # lazy: start-up (`ownllm chat --help` does not import torch)
         from ownllm.knowledge.embeddings import TextEmbedder  # lazy: start-up, as above
 
@@ -164,6 +178,7 @@ class ChatSession:
             assert resolved is not None  # Engine.load sets it
             system, note = default_system_prompt(resolved.persona, resolved.stage, resolved.path)
         session = cls(engine, ChatTemplate(engine.tokenizer), system, settings, note)
+        session.kb_mode = kb_mode
         session.embedder = TextEmbedder.for_run(run, engine.device)
         db = Path(run) / KNOWLEDGE_DB
         if knowledge or (knowledge is None and db.is_file()):
@@ -179,9 +194,10 @@ class ChatSession:
     def send(self, text: str) -> Generator[ReplyEvent, None, None]:
         """Add the user's message and stream the reply; the history keeps whatever of it was written.
 
-        With a knowledge base the message may go out with a passage before it (last_citations says which);
-        with a memory, a fact it states is kept (last_remembered) and the memories it is about ride in
-        the system prompt of this reply.
+        With a knowledge base the message may go out with a passage before it (kb_mode "rag"), and the
+        model's search(...) calls search it; last_citations says which passages it was shown. With a
+        memory, a fact it states is kept (last_remembered) and the memories it is about ride in the
+        system prompt of this reply.
         """
         validate([{"role": "user", "content": text}])  # an empty message is refused before anything changes
         self.last_citations, self.last_remembered, system = [], None, self.system
@@ -191,12 +207,17 @@ class ChatSession:
                 self.memory.remember(self.memory_owner, self.last_remembered)
             kept = [m["text"] for m in self.memory.memories(self.memory_owner)]
             system = with_memories(self.system, relevant(kept, text))
-        if self.knowledge is not None:
+        if self.knowledge is not None and self.kb_mode == "rag":
             text, self.last_citations = augment(text, self.knowledge, self._fits)
+        cited = self.last_citations
         message = {"role": "user", "content": text}
-        conversation = ([{"role": "system", "content": system}] if system else []) + self.history + [message]
-        events = reply(self.engine, self.template, conversation, self.settings.sampling(), guardrail=self.guardrail)
+        head: Conversation = [{"role": "system", "content": system}] if system else []
         written: list[Message] = []  # tool calls and results that completed
+        search = self._search_tool(head, message, written)
+        tools: dict[str, Tool] = TOOLS if search is None else {**TOOLS, SEARCH: search}
+        conversation = head + self.history + [message]
+        params = self.settings.sampling()
+        events = reply(self.engine, self.template, conversation, params, guardrail=self.guardrail, tools=tools)
         text_so_far = ""
         done = False
         started = False
@@ -210,6 +231,8 @@ class ChatSession:
                 elif event.kind == "tool_result":
                     written += event.messages
                     text_so_far = ""
+                    if search is not None:
+                        self.last_citations = cited + search.citations
                 elif event.kind == "done":
                     self.history += event.messages
                     self.last_dropped = event.dropped
@@ -219,6 +242,19 @@ class ChatSession:
             events.close()
             if started and not done:
                 self.history += written + [{"role": "assistant", "content": text_so_far}]
+
+    def _search_tool(self, head: Conversation, message: Message, written: list[Message]) -> SearchTool | None:
+        """The search tool on the knowledge base (None without one): each result must fit in the context
+        after the system prompt, the user's message and the reply's tool calls so far (`written`)."""
+        if self.knowledge is None:
+            return None
+
+        def fits(query: str, result: str) -> bool:
+            call = {"role": "assistant", "content": "", "tool_call": {"name": SEARCH, "arguments": query}}
+            exchange = [*head, message, *written, call, {"role": "tool", "content": result}]
+            return prompt_fits(self.template, exchange, self.engine.context_size, self.settings.max_tokens)
+
+        return SearchTool(self.knowledge, fits)
 
     def _fits(self, text: str) -> bool:
         """Whether a message of `text` after the system prompt leaves the reply its room in the context."""

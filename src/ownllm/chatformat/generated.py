@@ -1,8 +1,8 @@
 """Generated conversations that teach a small model the assistant's skills.
 
 A few hundred real conversations teach the chat format but not who the assistant is or
-how to use its calculator. These generators write as many conversations as wanted, of
-five kinds, mixed by weight and reproducible from a seed:
+how to use its tools. These generators write as many conversations as wanted, of six
+kinds, mixed by weight and reproducible from a seed:
 
 | kind         | the user                                   | the assistant                                    |
 |--------------|--------------------------------------------|--------------------------------------------------|
@@ -11,8 +11,10 @@ five kinds, mixed by weight and reproducible from a seed:
 | `arithmetic` | asks "What is 12 * 7?" (also in words)     | calls calculator(12 * 7), reads 84, says 84      |
 | `story`      | asks for a story about a cat               | tells a short story that uses the asked-for words |
 | `passage`    | gives a short text and asks about it       | answers from the text (or says it does not say)  |
+| `search`     | asks about a made-up person, no text given | calls search(old Mia), answers citing mia.txt    |
 
-Tool results are computed by the real calculator, so the data never disagrees with it.
+Tool results are computed by the real calculator, so the data never disagrees with it; search
+results are written by the same `format_passages` as the runtime search tool (chatformat/tools.py).
 Arithmetic never draws a held-out whole number (`held_out`: one in eight from 21 up, by a
 fixed hash): `ownllm eval` asks about those, so a right answer was not remembered.
 Conversation `i` of seed `s` depends on `(s, i)` only: asking for more conversations
@@ -31,14 +33,22 @@ from ownllm.chatformat.calculator import calculate, is_error
 from ownllm.chatformat.conversation import Conversation
 from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.stories import StoryIndex, story_request
+from ownllm.chatformat.tools import NO_KNOWLEDGE_BASE, NO_PASSAGE, SEARCH, Passage, format_passages
 from ownllm.core.errors import UserError
 from ownllm.core.settings import dataclass_from_dict
 
 # Recorded in chat checkpoints. 2: arithmetic leaves out the held-out numbers (so a model trained on
-# version 1 data may have seen the numbers `ownllm eval` asks about).
-GENERATED_VERSION = 2
-KINDS = ("identity", "small_talk", "arithmetic", "story", "passage")
-DEFAULT_WEIGHTS = {"identity": 0.15, "small_talk": 0.15, "arithmetic": 0.3, "story": 0.25, "passage": 0.15}
+# version 1 data may have seen the numbers `ownllm eval` asks about). 3: the `search` kind.
+GENERATED_VERSION = 3
+KINDS = ("identity", "small_talk", "arithmetic", "story", "passage", "search")
+DEFAULT_WEIGHTS = {
+    "identity": 0.135,
+    "small_talk": 0.135,
+    "arithmetic": 0.3,  # the calculator is the skill a small model learns last: it keeps its share
+    "story": 0.2,
+    "passage": 0.13,
+    "search": 0.1,
+}
 
 
 @dataclass(frozen=True)
@@ -497,10 +507,70 @@ def passage(rng: random.Random, context: _Context) -> Conversation:
     return [_user(prompt), _assistant(answer)]
 
 
+# searching the knowledge base ---------------------------------------------------------------
+
+NOT_FOUND = "I could not find that in the documents."
+NO_DOCUMENTS = "I have no documents to search."
+_QUESTION_WORDS = "a an the is are was do does did what where when who how which of to"
+_QUERY_SKIP = frozenset(_QUESTION_WORDS.split())
+
+
+def search_query(question: str) -> str:
+    """What the assistant searches for: the question's words but the commonest, in order ("old Mia")."""
+    words = re.findall(r"[\w']+", question)
+    return " ".join([w for w in words if w.lower() not in _QUERY_SKIP] or words)
+
+
+def _source(rng: random.Random, name: str) -> str:
+    """A made-up document name for a text about `name` ("mia.txt", "notes.md", "doc12.txt")."""
+    stem = rng.choice(
+        (
+            name.lower(),
+            name.lower(),
+            f"about-{name.lower()}",
+            f"{name.lower()}_notes",
+            "notes",
+            "people",
+            "family",
+            f"doc{rng.randint(1, 99)}",
+            f"file{rng.randint(1, 20)}",
+        )
+    )
+    return stem + rng.choice((".txt", ".txt", ".md", ".md", ".pdf"))
+
+
+def _passage(rng: random.Random, text: str, source: str) -> Passage:
+    return Passage(source, 1 if rng.random() < 0.7 else rng.randint(2, 6), text)
+
+
+def search(rng: random.Random, context: _Context) -> Conversation:
+    """A question about a made-up person: the assistant searches, then answers from what it found, citing it."""
+    text, question, answer, key = fact_passage(rng)
+    name = text.split()[0]
+    call = {"role": "assistant", "content": "", "tool_call": {"name": SEARCH, "arguments": search_query(question)}}
+    outcome = rng.random()
+    if outcome < 0.05:  # a chat without a knowledge base
+        result, reply = NO_KNOWLEDGE_BASE, NO_DOCUMENTS
+    elif outcome < 0.2:  # nothing in the documents is about it
+        result, reply = NO_PASSAGE, NOT_FOUND
+    else:
+        source = _source(rng, name)
+        found = [_passage(rng, text, source)]
+        if rng.random() < 0.35:  # a second passage, about someone else: the answer is in the one naming the person
+            while (other := fact_passage(rng, unanswerable_rate=0)[0]).split()[0] == name:
+                pass
+            other_passage = _passage(rng, other, _source(rng, other.split()[0]))
+            found = [*found, other_passage] if rng.random() < 0.75 else [other_passage, *found]
+        result = format_passages(found)
+        reply = DOES_NOT_SAY if key is None else f"{answer.removesuffix('.')} ({source})."
+    return [_user(question), call, {"role": "tool", "content": result}, _assistant(reply)]
+
+
 GENERATORS: dict[str, Callable[[random.Random, _Context], Conversation]] = {
     "identity": identity,
     "small_talk": small_talk,
     "arithmetic": arithmetic,
     "story": story,
     "passage": passage,
+    "search": search,
 }

@@ -7,7 +7,7 @@
 
 Where the conversations come from (the *mixture*):
 
-  generated   `generated` conversations of the five skills (chat/generated.py), mixed by
+  generated   `generated` conversations of the six skills (chatformat/generated.py), mixed by
               `generated_mix.weights`: these teach who the assistant is, the calculator, stories
   bundled     OpenAssistant, dolly and ChatterBot (resources/sft/), each capped at a seeded
               sample of `bundled.<name>` conversations: real questions, so the model sees more
@@ -45,8 +45,16 @@ from ownllm.model.loss import IGNORE_INDEX
 BUNDLED = {"oasst": "oasst-en100-trees.jsonl", "dolly": "dolly-151.jsonl", "chatterbot": "chatterbot-english"}
 
 # Arithmetic gets the most: copying the numbers into the call and the result into the answer is the
-# skill a small model learns last (docs/chat.md, "Fine-tuning"); its name it learns from little data.
-DEFAULT_WEIGHTS = {"identity": 0.1, "small_talk": 0.1, "arithmetic": 0.45, "story": 0.25, "passage": 0.05}
+# skill a small model learns last (docs/chat.md, "Fine-tuning"); its name it learns from little data,
+# so the search tool's share comes mostly from identity and small talk.
+DEFAULT_WEIGHTS = {
+    "identity": 0.08,
+    "small_talk": 0.08,
+    "arithmetic": 0.44,
+    "story": 0.25,
+    "passage": 0.05,
+    "search": 0.1,
+}
 
 
 @dataclass(frozen=True)

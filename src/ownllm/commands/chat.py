@@ -13,6 +13,7 @@ Python's REPL); Ctrl-D or /quit leaves.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from dataclasses import asdict
@@ -20,8 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 from ownllm.assistant.guardrails import CLASSIFIER_FINDING, Guardrail
-from ownllm.assistant.session import ChatSession, Settings
-from ownllm.chatformat.tools import parse_tool_call
+from ownllm.assistant.session import DEFAULT_KB_MODE, KB_MODES, ChatSession, Settings
+from ownllm.chatformat.tools import SEARCH, parse_tool_call
 from ownllm.commands.common import add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
@@ -111,6 +112,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="answer from the run's knowledge base (`ownllm kb add`), citing the passage "
         "(default: when it has documents)",
     )
+    parser.add_argument(
+        "--kb-mode",
+        choices=KB_MODES,
+        default=DEFAULT_KB_MODE,
+        help="how: rag puts the best passage before your question; tool lets the model call "
+        "search(...) (default: %(default)s, which measured better; docs/chat.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +140,13 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         ).checked()
         session = ChatSession.open(
-            args.run, stage=args.stage, system=args.system, settings=settings, device=args.device, knowledge=args.kb
+            args.run,
+            stage=args.stage,
+            system=args.system,
+            settings=settings,
+            device=args.device,
+            knowledge=args.kb,
+            kb_mode=args.kb_mode,
         )
         try:  # the same memories as a server without a key ("local")
             session.memory = Store.for_run(args.run)
@@ -215,9 +229,13 @@ class Display:
 
 
 def describe_tool_call(call: dict | None, result: str) -> str:
-    """`calculator: 12 * 7 = 84`; for an error, `calculator: 1 / 0 -> error: division by zero`."""
+    """`calculator: 12 * 7 = 84`; for an error, `calculator: 1 / 0 -> error: division by zero`;
+    a search by what it found: `search: old Mia -> mia.txt, passage 1` (or `-> no passage found`)."""
     call = call or {"name": None, "arguments": "?"}
     name = call["name"] or "tool call"
+    if name == SEARCH and not result.startswith("error"):
+        found = re.findall(r"^\[(.+?, passage \d+)\] ", result, flags=re.MULTILINE)
+        return f"{name}: {call['arguments']} -> {'; '.join(found) or result}"
     joiner = " -> " if result.startswith("error") else " = "
     return f"{name}: {call['arguments']}{joiner}{result}"
 
