@@ -6,6 +6,7 @@ slow clients, so what is measured is what the server does, not what a client lib
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -68,6 +69,27 @@ def test_a_client_without_the_key_gets_401_before_sending_its_body_and_is_discon
     sock.sendall(head(strict, "/v1/chat/completions", 1 << 20) + b'{"messages": [')  # 1 MiB promised, 14 B sent
     data, seconds = read_all(sock, limit=5)
     assert data.startswith(b"HTTP/1.1 401") and b"connection: close" in data.lower() and seconds < 1.0
+
+
+def test_a_small_refused_body_is_read_so_the_client_gets_the_answer_not_a_reset(strict):
+    """Refused before its body was read, a request whose small body was already sent is answered after the body
+    is read: closing with unread bytes makes the kernel reset the connection, and the reset can overtake the 401
+    (seen in CI as "connection reset by peer"). Read, the connection even stays usable."""
+    body = b'{"messages": []}'
+    sock = connect(strict)
+    sock.sendall(head(strict, "/v1/chat/completions", len(body)) + body)
+    sock.settimeout(5)
+    first = b""
+    while b"\r\n\r\n" not in first:
+        first += sock.recv(65536)
+    head_part, _, rest = first.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head_part.lower()).group(1))  # type: ignore[union-attr]
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    assert head_part.startswith(b"HTTP/1.1 401") and b"connection: close" not in head_part.lower()
+    sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{strict.port}\r\nConnection: close\r\n\r\n".encode())
+    data, _ = read_all(sock)
+    assert data.startswith(b"HTTP/1.1 200")
 
 
 def test_malformed_json_without_the_key_is_a_401_not_a_400(strict):

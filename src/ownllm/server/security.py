@@ -15,7 +15,9 @@
   which cannot send application/json without a CORS preflight), at most max_body_bytes (413),
   counted while it arrives, so a chunked body without Content-Length cannot get around it, and
   complete within body_seconds (408). A refusal sent before the body was read closes the
-  connection, so a client cannot keep trickling bytes into it. The one exception is the
+  connection, so a client cannot keep trickling bytes into it; a small body that is already
+  there (DRAIN_BYTES, DRAIN_SECONDS) is read and dropped first, or the close could reset the
+  connection before the client reads the refusal. The one exception is the
   document upload (RAW_BODY_ROUTES: the file itself is the body), which applies the same
   checks itself with its own limits (knowledge_api.py); the Host, Origin and key checks stand.
 
@@ -248,6 +250,10 @@ def open_path(path: str) -> bool:
     return path in ("/", "/health") or path.startswith("/static/")
 
 
+DRAIN_BYTES = 64 * 1024  # a refused request's body up to this size is read before the answer (_drained)
+DRAIN_SECONDS = 2.0
+
+
 class RequestGuard:
     """Pure ASGI middleware: Host, Origin and API-key checks, then the content type, size and time of the body."""
 
@@ -261,17 +267,19 @@ class RequestGuard:
         headers = Headers(scope=scope)
         refusal = self._check_host(headers) or self._check_origin(headers) or self._check_key(scope, headers)
         raw = (scope["method"], scope["path"]) in RAW_BODY_ROUTES
-        if refusal is None and scope["method"] in BODY_METHODS and _has_body(headers) and not raw:
+        body_state = "unread" if scope["method"] in BODY_METHODS and _has_body(headers) else "none"
+        if refusal is None and body_state == "unread" and not raw:
             refusal = _check_content_type(headers)
             if refusal is None:
                 body, refusal = await self._read_body(headers, receive)
                 if body is None and refusal is None:
                     return  # the client went away while sending
+                body_state = "partly read" if refusal is not None else "read"
                 if refusal is None:
                     assert body is not None  # None comes only with a refusal, or when the client left (above)
                     receive = _replay(body, receive)
         if refusal is not None:
-            if scope["method"] in BODY_METHODS and _has_body(headers):
+            if body_state == "partly read" or (body_state == "unread" and not await _drained(headers, receive)):
                 refusal.headers["Connection"] = "close"  # its body may still be on the way: do not wait for it
             await refusal(scope, receive, send)
             return
@@ -339,6 +347,26 @@ class RequestGuard:
         return b"", openai_error(
             408, f"the request body did not arrive within {seconds} seconds", code="request_timeout"
         )
+
+
+async def _drained(headers: Headers, receive: Receive) -> bool:
+    """Read and drop the body of a request refused before it was read, if it is small and comes at once.
+
+    Closing a connection whose body is still unread makes the kernel reset it, and the reset can
+    reach the client before it has read the refusal ("connection reset" instead of a 401). A body
+    of at most DRAIN_BYTES, whole within DRAIN_SECONDS, is read first; a larger, chunked or slow
+    one is not waited for (the connection is closed), so refusals cost a slow client nothing."""
+    length = headers.get("content-length")
+    if length is None or int(length) > DRAIN_BYTES:
+        return False
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            if not message.get("more_body", False):
+                return True
+    return False
 
 
 def _has_body(headers: Headers) -> bool:
