@@ -192,3 +192,10 @@ def _expr(turn) -> str:
     op = next((sym for word, sym in words.items() if f" {word} " in turn.prompt), None)
     op = op or next(c for c in "+-*" if f" {c} " in turn.prompt)
     return f"{a} {op} {b}"
+
+
+def test_abstaining_includes_the_search_tools_answers():
+    from ownllm.eval.chat_tasks import abstains
+
+    assert abstains("I could not find that in the documents.") and abstains("I have no documents to search.")
+    assert abstains("The text does not say.") and not abstains("Mia lives in Paris (mia.txt).")

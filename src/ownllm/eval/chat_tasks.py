@@ -155,7 +155,8 @@ PASSAGE_PROMPTS = (
 )
 _ABSTAINS = re.compile(
     r"\b(does not say|doesn't say|do not know|don't know|not sure|no idea|cannot (say|tell|answer|know)|"
-    r"can't (say|tell|answer|know)|not mentioned|does not mention|doesn't mention|i'm not able)\b",
+    r"can't (say|tell|answer|know)|not mentioned|does not mention|doesn't mention|i'm not able|"
+    r"could not find|couldn't find|have no documents)\b",
     re.IGNORECASE,
 )
 
