@@ -310,6 +310,28 @@ def test_kb_reindex_and_search_with_the_runs_embedder(embedded_run, tmp_path, ca
     assert status == 0 and "without vectors" not in out
     status, out = ownllm_out(capsys, "kb", "reindex", "--run", run)
     assert status == 0 and "0 passages" in out
+    status, out = ownllm_out(
+        capsys,
+        "chat",
+        "--run",
+        run,
+        "--retriever",
+        "hybrid",
+        "--max-tokens",
+        "4",
+        "-p",
+        "Who bakes bread at the bakery?",
+    )
+    assert status == 0 and "bakery.txt" in out  # answered from the passage that hybrid search found
+
+
+def test_chat_refuses_a_vector_retriever_without_an_embedder(pretrained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    (tmp_path / "a.txt").write_text("Bert bakes bread at the bakery.", encoding="utf-8")
+    assert ownllm_out(capsys, "kb", "add", "--run", run, tmp_path / "a.txt")[0] == 0
+    status, out = ownllm_out(capsys, "chat", "--run", run, "--retriever", "vector", "-p", "Who bakes bread?")
+    assert status != 0 and "ownllm embed train" in out
 
 
 def test_tweets_are_cleaned_and_split_the_same_way_every_time():

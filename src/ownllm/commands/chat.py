@@ -119,6 +119,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how: rag puts the best passage before your question; tool lets the model call "
         "search(...) (default: %(default)s, which measured better; docs/chat.md)",
     )
+    parser.add_argument(
+        "--retriever",
+        choices=("bm25", "vector", "hybrid"),
+        default="bm25",
+        help="how the knowledge base is searched; vector and hybrid use the run's embedder "
+        "(`ownllm embed train`) (default: %(default)s, the best measured)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
             say(f"(memories are off: cannot open {Path(args.run) / 'assistant.db'}: {e})")
         if args.guardrail != "off":
             session.guardrail = Guardrail.for_run(args.run, args.guardrail, session.embedder)
+        if session.knowledge is not None:
+            if args.retriever != "bm25" and session.embedder is None:
+                session.close()
+                raise UserError(f"--retriever {args.retriever} needs the run's embedder: `ownllm embed train`")
+            session.knowledge.retriever = args.retriever
     say(session.note)
     try:
         if prompt is not None:
