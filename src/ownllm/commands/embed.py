@@ -18,11 +18,10 @@ import argparse
 
 from ownllm.commands.common import add_run_argument, add_training_arguments
 from ownllm.core.console import say
-from ownllm.core.errors import StaleArtifactError, UserError
-from ownllm.run import RunDir, checkpoints
-from ownllm.run.token_shards import tokenizer_hash
+from ownllm.core.errors import UserError
+from ownllm.run import RunDir
 from ownllm.train.embedding import DEFAULT_DIM, EMBED_PRESETS, STAGE, EmbeddingTraining, embed_config
-from ownllm.train.runner import check_start, run_stage
+from ownllm.train.runner import check_start, check_tokenizer, latest_pretrained, run_stage
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,14 +56,8 @@ def run(args: argparse.Namespace) -> int:
         base, base_id, dim = run_dir.root / state["base_checkpoint"], state.get("base_id"), state["embed_dim"]
     else:
         if args.dim < 8:
-            raise UserError(f"--dim {args.dim} is too small; use 64 or more")
-        base = checkpoints.latest_checkpoint(run_dir.checkpoints / "pretrain")
-        if base is None:
-            raise UserError(
-                f"no pretrained model in {run_dir.checkpoints / 'pretrain'}; "
-                f"run `ownllm pretrain --run {run_dir.root}` first"
-            )
-        state = checkpoints.read_state(base)
+            raise UserError(f"--dim {args.dim} is too small; use at least 8 (the default is {DEFAULT_DIM})")
+        base, state = latest_pretrained(run_dir)
         base_id, dim = state.get("id"), args.dim
         from ownllm.model import ModelConfig  # lazy: only for a new run
 
@@ -72,11 +65,7 @@ def run(args: argparse.Namespace) -> int:
             args.preset, ModelConfig.from_dict(state["model_config"]), args.overrides, args.time_budget
         )
         start = check_start(run_dir, STAGE, args.resume, args.restart, args.time_budget)
-    if state.get("tokenizer_hash") != tokenizer_hash(run_dir.tokenizer):
-        raise StaleArtifactError(
-            f"{run_dir.tokenizer} is not the tokenizer the model was trained with; retrain the model "
-            f"(`ownllm pretrain --run {run_dir.root} --restart`) or restore that tokenizer"
-        )
+    check_tokenizer(run_dir, state)
     status = run_stage(EmbeddingTraining(run_dir, base, base_id, dim, args.resume), run_dir, config, start)
     if status == 0 and (run_dir.root / "knowledge.db").is_file():
         say(f"the knowledge base's passages need the new vectors: `ownllm kb reindex --run {run_dir.root}`")

@@ -24,14 +24,13 @@ from ownllm.chatformat.persona import Persona
 from ownllm.chatformat.sft_data import SFTMixture, load_mixture
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.commands.common import add_training_arguments
-from ownllm.core.errors import StaleArtifactError, UserError
+from ownllm.core.errors import UserError
 from ownllm.inference.engine import Engine, SamplingParams
 from ownllm.model import ModelConfig, Transformer
-from ownllm.run import RunDir, checkpoints
-from ownllm.run.token_shards import tokenizer_hash
+from ownllm.run import RunDir
 from ownllm.train.config import TrainConfig
 from ownllm.train.finetuning import SFT_PRESETS, Finetuning, sft_config, sft_overrides
-from ownllm.train.runner import check_start, run_stage
+from ownllm.train.runner import check_start, check_tokenizer, latest_pretrained, run_stage
 
 MAX_TOOL_CALLS = 2  # per sampled reply: a model that keeps calling the calculator is stopped
 
@@ -84,23 +83,13 @@ def run(args: argparse.Namespace) -> int:
         base, base_id = run_dir.root / state["base_checkpoint"], state.get("base_id")
     else:
         mixture = load_mixture(args.mixture, data_overrides, args.data, args.persona_name)
-        base = checkpoints.latest_checkpoint(run_dir.checkpoints / "pretrain")
-        if base is None:
-            raise UserError(
-                f"no pretrained model in {run_dir.checkpoints / 'pretrain'}; "
-                f"run `ownllm pretrain --run {run_dir.root}` first"
-            )
-        state = checkpoints.read_state(base)
+        base, state = latest_pretrained(run_dir)
         base_id = state.get("id")
         config = sft_config(
             args.preset, ModelConfig.from_dict(state["model_config"]), train_overrides, args.time_budget
         )
         start = check_start(run_dir, Finetuning.name, args.resume, args.restart, args.time_budget)
-    if state.get("tokenizer_hash") != tokenizer_hash(run_dir.tokenizer):
-        raise StaleArtifactError(
-            f"{run_dir.tokenizer} is not the tokenizer the model was trained with; retrain the model "
-            f"(`ownllm pretrain --run {run_dir.root} --restart`) or restore that tokenizer"
-        )
+    check_tokenizer(run_dir, state)
     stage = Finetuning(run_dir, mixture, base, base_id, resume=args.resume, sampler=make_sampler)
     return run_stage(stage, run_dir, config, start)
 

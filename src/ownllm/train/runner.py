@@ -23,16 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from ownllm.core.console import say
 from ownllm.core.device import Precision
-from ownllm.core.errors import UserError
+from ownllm.core.errors import StaleArtifactError, UserError
 from ownllm.model import Transformer
 from ownllm.model.loss import IGNORE_INDEX
 from ownllm.run import RunDir, checkpoints
+from ownllm.run.token_shards import tokenizer_hash
 from ownllm.train import distributed
 from ownllm.train.config import TrainConfig
 from ownllm.train.distributed import Distributed
@@ -66,6 +68,26 @@ def check_start(run_dir: RunDir, stage: str, resume: bool, restart: bool, time_b
     if latest is not None and not restart:
         raise UserError(f"{stage_dir} already has checkpoints; continue with --resume or start over with --restart")
     return Start(restart=restart)
+
+
+def latest_pretrained(run_dir: RunDir) -> tuple[Path, dict]:
+    """The latest pretraining checkpoint and its state: where fine-tuning and the embedder start from."""
+    base = checkpoints.latest_checkpoint(run_dir.checkpoints / "pretrain")
+    if base is None:
+        raise UserError(
+            f"no pretrained model in {run_dir.checkpoints / 'pretrain'}; "
+            f"run `ownllm pretrain --run {run_dir.root}` first"
+        )
+    return base, checkpoints.read_state(base)
+
+
+def check_tokenizer(run_dir: RunDir, state: dict) -> None:
+    """Refuse a base model trained with another tokenizer than the run's."""
+    if state.get("tokenizer_hash") != tokenizer_hash(run_dir.tokenizer):
+        raise StaleArtifactError(
+            f"{run_dir.tokenizer} is not the tokenizer the model was trained with; retrain the model "
+            f"(`ownllm pretrain --run {run_dir.root} --restart`) or restore that tokenizer"
+        )
 
 
 @dataclass
