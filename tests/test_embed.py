@@ -376,3 +376,21 @@ def test_guardrail_train_and_check_on_the_run(embedded_run, tmp_path, capsys):
     assert record["metrics"]["test_tweets"] == 2_484 and 0 <= record["metrics"]["recall"] <= 1
     status, out = ownllm_out(capsys, "guardrail", "check", "--run", run, "what a lovely day")
     assert status == 0 and "<- what a lovely day" in out
+
+
+def test_a_second_training_of_the_same_stage_on_a_run_is_refused(embedded_run, tmp_path, capsys):
+    import fcntl
+    import os
+
+    run = tmp_path / "run"
+    shutil.copytree(embedded_run, run)
+    held = os.open(run, os.O_RDONLY)  # as a training in another process holds the run
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        status, err = ownllm_here(capsys, "embed", "train", "--run", run, "--resume", "--set", "steps=7")
+    finally:
+        os.close(held)
+    assert status != 0 and "another ownllm training is running" in err
+    assert latest_embed_state(run)["step"] == 6  # nothing written
+    status, err = ownllm_here(capsys, "embed", "train", "--run", run, "--resume", "--set", "steps=7")
+    assert status == 0, err

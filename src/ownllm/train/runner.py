@@ -11,7 +11,8 @@ same way for every stage:
     status = run_stage(Pretraining(...), run_dir, config, start)
 
 check_start applies the rules about earlier checkpoints (resume needs one and keeps its plan;
-a new run never overwrites one unless told to restart). run_stage sets the threads, joins
+a new run never overwrites one unless told to restart), and stage_lock keeps a second training
+off the run while one is under way. run_stage sets the threads, joins
 the torchrun processes, chooses the precision, seeds, builds the stage's parts, records the
 settings in config.toml, resumes or restarts the Trainer, says what is about to happen,
 trains, and prints the last evaluation. `mean_loss` is the evaluation every stage starts
@@ -21,7 +22,10 @@ prompts and padding in fine-tuning, do not count).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -108,6 +112,31 @@ class TrainingStage(Protocol):
     def build(self, config: TrainConfig, dist: Distributed, precision: Precision) -> StageParts: ...
 
 
+@contextlib.contextmanager
+def stage_lock(run_dir: RunDir, stage: str, take: bool = True) -> Iterator[None]:
+    """One training at a time per run: a second would write over the first's checkpoints (or change the
+    base model under it).
+
+    An flock on the run directory itself (nothing is created), held by the training process (rank 0
+    under torchrun) and let go by the kernel when it ends, however it ends: a crash leaves nothing
+    to clean up."""
+    if not take:
+        yield
+        return
+    fd = os.open(run_dir.root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another ownllm training is running on {run_dir.root}; wait for it to end (or stop it) "
+                f"before training {stage}"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def run_stage(stage: TrainingStage, run_dir: RunDir, config: TrainConfig, start: Start) -> int:
     """Train `stage` with `config` from `start`; the exit status (0, or 130/143 when interrupted)."""
     steps_override = None
@@ -115,7 +144,7 @@ def run_stage(stage: TrainingStage, run_dir: RunDir, config: TrainConfig, start:
         steps_override = config.steps  # --set steps=N on a resumed run trains it longer (or shorter)
     if config.threads:
         torch.set_num_threads(config.threads)
-    with distributed.setup(config.device) as dist:
+    with distributed.setup(config.device) as dist, stage_lock(run_dir, stage.name, dist.is_main):
         precision = dist.precision(config.dtype)
         torch.manual_seed(config.seed)
         parts = stage.build(config, dist, precision)
