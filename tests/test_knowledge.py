@@ -242,15 +242,9 @@ def test_a_document_cannot_forge_a_turn(tmp_path):
 
 
 def test_ownllm_chat_answers_with_a_citation(tmp_path_factory, tmp_path, capsys):
-    import shutil
+    from helpers.chat import chat_run_with_notes
 
-    from helpers.chat import tiny_chat_run
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_chat_run(tmp_path_factory), run)
-    doc = tmp_path / "notes.md"
-    doc.write_text("The quarterly meeting is on Friday in room 4.")
-    assert ownllm_here(capsys, "kb", "add", "--run", run, doc)[0] == 0
+    run, doc = chat_run_with_notes(tmp_path_factory, tmp_path, capsys)
     question = ["chat", "--run", run, "--seed", "1", "--max-tokens", "8", "-p", "When is the quarterly meeting?"]
     status, err = ownllm_here(capsys, *question)
     assert status == 0, err

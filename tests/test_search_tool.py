@@ -5,7 +5,6 @@ loop and the chat session calling it (on a scripted engine), documents that try 
 from __future__ import annotations
 
 import re
-import shutil
 from collections import Counter
 
 import pytest
@@ -272,13 +271,9 @@ def test_a_document_cannot_forge_a_turn_through_the_tool_result(template, kb):
 
 
 def test_chat_kb_mode_chooses_how_the_knowledge_base_is_used(tmp_path_factory, tmp_path, capsys):
-    from helpers.chat import tiny_chat_run
+    from helpers.chat import chat_run_with_notes
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_chat_run(tmp_path_factory), run)
-    doc = tmp_path / "notes.md"
-    doc.write_text("The quarterly meeting is on Friday in room 4.")
-    assert ownllm_here(capsys, "kb", "add", "--run", run, doc)[0] == 0
+    run, doc = chat_run_with_notes(tmp_path_factory, tmp_path, capsys)
     question = ["chat", "--run", run, "--seed", "1", "--max-tokens", "8", "-p", "When is the quarterly meeting?"]
     status, err = ownllm_here(capsys, *question, "--kb-mode", "rag")
     assert status == 0 and f"source: {doc.resolve()}, passage 1" in err, err

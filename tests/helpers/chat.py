@@ -158,3 +158,17 @@ def _build(root: Path, steps: int) -> Path:
             ),
         ).fit()
     return root
+
+
+def chat_run_with_notes(tmp_path_factory, tmp_path: Path, capsys) -> tuple[Path, Path]:
+    """A copy of the tiny chat run whose knowledge base holds one note about the quarterly meeting: (run, note)."""
+    import shutil
+
+    from helpers.runs import ownllm_here
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_chat_run(tmp_path_factory), run)
+    note = tmp_path / "notes.md"
+    note.write_text("The quarterly meeting is on Friday in room 4.")
+    assert ownllm_here(capsys, "kb", "add", "--run", run, note)[0] == 0
+    return run, note

@@ -23,7 +23,7 @@ from typing import TextIO
 from ownllm.assistant.guardrails import CLASSIFIER_FINDING, Guardrail
 from ownllm.assistant.session import DEFAULT_KB_MODE, KB_MODES, ChatSession, Settings
 from ownllm.chatformat.tools import SEARCH, parse_tool_call
-from ownllm.commands.common import add_run_argument
+from ownllm.commands.common import add_retriever_argument, add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.core.interrupts import sigint_blocked
@@ -119,13 +119,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how: rag puts the best passage before your question; tool lets the model call "
         "search(...) (default: %(default)s, which measured better; docs/chat.md)",
     )
-    parser.add_argument(
-        "--retriever",
-        choices=("bm25", "vector", "hybrid"),
-        default="bm25",
-        help="how the knowledge base is searched; vector and hybrid use the run's embedder "
-        "(`ownllm embed train`) (default: %(default)s, the best measured)",
-    )
+    add_retriever_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

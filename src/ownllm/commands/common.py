@@ -37,3 +37,14 @@ def add_training_arguments(
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help=resume_help)
     group.add_argument("--restart", action="store_true", help=restart_help)
+
+
+def add_retriever_argument(parser: argparse.ArgumentParser) -> None:
+    """--retriever: how a knowledge base is searched (`ownllm chat`, `ownllm serve`, `ownllm kb search`)."""
+    parser.add_argument(
+        "--retriever",
+        choices=("bm25", "vector", "hybrid"),
+        default="bm25",
+        help="how the knowledge base is searched; vector and hybrid use the run's embedder "
+        "(`ownllm embed train`) (default: %(default)s, the best measured)",
+    )

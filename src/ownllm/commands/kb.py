@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ownllm.commands.common import add_run_argument
+from ownllm.commands.common import add_retriever_argument, add_run_argument
 from ownllm.core.console import progress, say
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
@@ -38,11 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_run_argument(search)
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many passages (default: %(default)s)")
-    search.add_argument(
-        "--retriever",
-        choices=("bm25", "vector", "hybrid"),
-        help="how to search (default: bm25, the best measured; vector and hybrid need `ownllm embed train`)",
-    )
+    add_retriever_argument(search)
     reindex = actions.add_parser("reindex", help="embed the passages that lack the run's embeddings")
     add_run_argument(reindex)
 

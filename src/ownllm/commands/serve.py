@@ -17,7 +17,7 @@ import socket
 import threading
 from pathlib import Path
 
-from ownllm.commands.common import add_run_argument
+from ownllm.commands.common import add_retriever_argument, add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
@@ -110,13 +110,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the blocklist on every route's messages and replies; findings are logged in assistant.db "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--retriever",
-        default=defaults.retriever,
-        choices=("bm25", "vector", "hybrid"),
-        help="how the knowledge bases are searched; vector and hybrid use the run's embedder "
-        "(`ownllm embed train`) (default: %(default)s, the best measured)",
-    )
+    add_retriever_argument(parser)
     parser.add_argument("--stage", choices=("sft", "pretrain"), help="checkpoints to serve (default: sft if any)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--access-log", action="store_true", help="print a line per request")
