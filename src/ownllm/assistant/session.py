@@ -167,6 +167,7 @@ class ChatSession:
         """
         if kb_mode not in KB_MODES:
             raise UserError(f"kb_mode {kb_mode!r} is not one of {', '.join(KB_MODES)}")
+        from ownllm.assistant.safety import CLASSIFIER_FILE  # lazy: start-up, as above
         from ownllm.inference.engine import Engine  # lazy: start-up (`ownllm chat --help` does not import torch)
         from ownllm.knowledge.embeddings import TextEmbedder  # lazy: start-up, as above
 
@@ -179,13 +180,17 @@ class ChatSession:
             system, note = default_system_prompt(resolved.persona, resolved.stage, resolved.path)
         session = cls(engine, ChatTemplate(engine.tokenizer), system, settings, note)
         session.kb_mode = kb_mode
-        session.embedder = TextEmbedder.for_run(run, engine.device)
         db = Path(run) / KNOWLEDGE_DB
         if knowledge or (knowledge is None and db.is_file()):
-            session.knowledge = KnowledgeBase(db, session.embedder)
+            session.knowledge = KnowledgeBase(db)
             if knowledge is None and not session.knowledge.documents():
                 session.knowledge.close()
                 session.knowledge = None
+        # The run's embedder is loaded only for what reads it: the knowledge base and the guardrail's classifier.
+        if session.knowledge is not None or (Path(run) / CLASSIFIER_FILE).is_file():
+            session.embedder = TextEmbedder.for_run(run, engine.device)
+            if session.knowledge is not None:
+                session.knowledge.embedder = session.embedder
         return session
 
     def conversation(self) -> Conversation:

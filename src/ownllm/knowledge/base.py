@@ -175,8 +175,8 @@ class KnowledgeBase:
         if row is not None and row[1] == digest:
             return "unchanged", row[2]
         chunks = chunk_text(text, **(chunking or {}))
-        embed = self.embedder is not None and self.vectors_usable()
-        vectors = self.embedder.embed([c.text for c in chunks]) if embed and self.embedder else None
+        embedder = self.embedder if self.vectors_usable() else None  # not while older vectors await a reindex
+        vectors = None if embedder is None else embedder.embed([c.text for c in chunks])
         with self._transaction() as db:
             if row is not None:
                 self._delete(db, row[0])
@@ -191,7 +191,7 @@ class KnowledgeBase:
                     (document_id, position, chunk.start, chunk.end, chunk.text, blob),
                 ).lastrowid
                 db.execute("INSERT INTO chunks_fts (rowid, text) VALUES (?, ?)", (chunk_id, chunk.text))
-            self._changed(db, self.embedder.id if vectors is not None and self.embedder else None)
+            self._changed(db, None if embedder is None else embedder.id)
         return ("replaced" if row is not None else "added"), len(chunks)
 
     def remove(self, path: Path | str) -> bool:
