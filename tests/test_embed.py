@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.runs import ownllm_here
+from helpers.runs import ownllm_here, with_embedder
 from ownllm.assistant.guardrails import Guardrail
 from ownllm.assistant.safety import (
     SafetyClassifier,
@@ -36,11 +36,7 @@ SMALL = ModelConfig(vocab_size=300, n_layers=2, d_model=32, n_heads=2, max_seq_l
 @pytest.fixture(scope="module")
 def embedded_run(pretrained_run, tmp_path_factory):
     """The pretrained tiny run with a few steps of embedding training."""
-    run = tmp_path_factory.mktemp("embedded") / "run"
-    shutil.copytree(pretrained_run, run)
-    status, err = ownllm_here(None, "embed", "train", "--run", run, "--preset", "tiny", "--set", "steps=6")
-    assert status == 0, err
-    return run
+    return with_embedder(pretrained_run, tmp_path_factory.mktemp("embedded"), steps=6)
 
 
 def latest_embed_state(run) -> dict:

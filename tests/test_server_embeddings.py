@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import sqlite3
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 
 from helpers import torch_threads
 from helpers.chat import tiny_chat_run
-from helpers.runs import ownllm_here
+from helpers.runs import ownllm_here, with_embedder
 from helpers.server import live_server
 from ownllm.assistant.guardrails import REFUSAL
 from ownllm.assistant.safety import CLASSIFIER_FILE
@@ -29,10 +28,7 @@ FLAGGED = "purple elephants dance at midnight"  # what the test's classifier is 
 @pytest.fixture(scope="module")
 def run(chat_run, tmp_path_factory):
     """The tiny chat run with a few steps of embedding training, and a classifier that flags FLAGGED alone."""
-    run = tmp_path_factory.mktemp("embedded-chat") / "run"
-    shutil.copytree(chat_run, run)
-    status, err = ownllm_here(None, "embed", "train", "--run", run, "--preset", "tiny", "--set", "steps=4")
-    assert status == 0, err
+    run = with_embedder(chat_run, tmp_path_factory.mktemp("embedded-chat"), steps=4)
     embedder = TextEmbedder.for_run(run)
     assert embedder is not None
     target = embedder.embed([FLAGGED])[0]

@@ -128,3 +128,14 @@ SFT = [
 # A few seconds of pretraining with room for 256-token conversations: the fine-tuning tests' base model.
 TINY_CHAT_BASE = ["--preset", "tiny", "--set", "threads=1", "--set", "model.max_seq_len=256", "--set", "steps=4"]
 TINY_CHAT_BASE += ["--set", "eval_every=0", "--set", "sample_every=0"]
+
+
+def with_embedder(source: Path, root: Path, steps: int) -> Path:
+    """A copy of `source` (a run with a pretrained model) at root/run, after `steps` of tiny embedding training."""
+    import shutil
+
+    run = root / "run"
+    shutil.copytree(source, run)
+    status, err = ownllm_here(None, "embed", "train", "--run", run, "--preset", "tiny", "--set", f"steps={steps}")
+    assert status == 0, err
+    return run
