@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ownllm.inference.engine import Engine, SamplingParams  # noqa: E402
+from ownllm.inference.engine import DECODE_MODES, Engine, SamplingParams  # noqa: E402
 from ownllm.model import Transformer  # noqa: E402
 from ownllm.model.hf_compat import hf_llama_config, to_hf_llama_state_dict  # noqa: E402
 from ownllm.tokenizer import Tokenizer  # noqa: E402
@@ -154,8 +154,9 @@ def main() -> None:
     parser.add_argument(
         "--decode",
         default="auto",
-        choices=("auto", "plain", "static", "graphs"),
-        help="the engine's decode mode (auto: CUDA graphs on a GPU); a plain engine is timed beside it",
+        choices=DECODE_MODES,
+        help="the engine's decode mode (auto: CUDA graphs on a GPU, plain on a CPU; compiled: the static step "
+        "through torch.compile); a plain engine is timed beside it",
     )
     parser.add_argument("--json", type=Path, help="also write the medians here")
     parser.add_argument(

@@ -56,6 +56,24 @@ def test_static_step_decodes_like_the_plain_step(one_thread):
     assert decode_all(model, "static", params) == decode_all(model, "plain", params)
 
 
+def test_compiled_step_decodes_like_the_plain_step(one_thread):
+    """decode="compiled" (torch.compile of the static step, one shape here: compiling takes seconds)."""
+    model = random_model()
+    params = [SamplingParams(temperature=0, max_tokens=40)]
+    assert decode_all(model, "compiled", params, lengths=(12,), max_slots=1) == decode_all(
+        model, "plain", params, lengths=(12,), max_slots=1
+    )
+
+
+@pytest.mark.slow
+def test_compiled_step_decodes_like_the_plain_step_in_every_shape(one_thread):
+    """Every (rows, span) the six prompts need, each compiled on first use; greedy and seeded sampling."""
+    model = random_model()
+    params = [SamplingParams(temperature=0, max_tokens=n) for n in (90, 20, 60, 5, 100, 75)]
+    params[2] = SamplingParams(temperature=1.0, top_k=40, max_tokens=60, seed=7)
+    assert decode_all(model, "compiled", params) == decode_all(model, "plain", params)
+
+
 def test_static_step_fills_the_cache_like_the_plain_step(one_thread):
     """The keys and values the static step writes are the ones the plain step writes, position for position."""
     model = random_model()
@@ -77,8 +95,11 @@ def test_static_step_fills_the_cache_like_the_plain_step(one_thread):
     (plain, plain_logits), (static, static_logits) = caches
     torch.testing.assert_close(static_logits, plain_logits, rtol=1e-5, atol=1e-5)
     for slot, n in zip((0, 2), (6, 10)):  # the prompt and the new token
-        torch.testing.assert_close(static.keys[:, slot, :n], plain.keys[:, slot, :n], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(static.values[:, slot, :n], plain.values[:, slot, :n], rtol=1e-5, atol=1e-6)
+        for layer in range(model.config.n_layers):
+            for static_part, plain_part in ((static.keys, plain.keys), (static.values, plain.values)):
+                torch.testing.assert_close(
+                    static_part[layer][slot, :n], plain_part[layer][slot, :n], rtol=1e-5, atol=1e-6
+                )
 
 
 def test_graphs_need_cuda():

@@ -159,6 +159,7 @@ class ChatSession:
         device: str = "auto",
         knowledge: bool | None = None,
         kb_mode: str = DEFAULT_KB_MODE,
+        decode: str = "auto",
     ) -> ChatSession:
         """A session on the latest checkpoint of `stage` (None: sft if the run has one, else pretrain).
 
@@ -172,7 +173,7 @@ class ChatSession:
         from ownllm.knowledge.embeddings import TextEmbedder  # lazy: start-up, as above
 
         settings.checked()
-        engine = Engine.load(run, stage=stage, device=device, max_slots=1)
+        engine = Engine.load(run, stage=stage, device=device, max_slots=1, decode=decode)
         note = None
         if system is None:
             resolved = engine.resolved

@@ -23,7 +23,7 @@ from typing import TextIO
 from ownllm.assistant.guardrails import CLASSIFIER_FINDING, Guardrail
 from ownllm.assistant.session import DEFAULT_KB_MODE, KB_MODES, ChatSession, Settings
 from ownllm.chatformat.tools import SEARCH, parse_tool_call
-from ownllm.commands.common import add_retriever_argument, add_run_argument
+from ownllm.commands.common import add_decode_argument, add_retriever_argument, add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.core.interrupts import sigint_blocked
@@ -98,6 +98,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="which checkpoints to chat with (default: sft if the run has them, else pretrain)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_decode_argument(parser)
     parser.add_argument(
         "--guardrail",
         default="mask",
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             system=args.system,
             settings=settings,
             device=args.device,
+            decode=args.decode,
             knowledge=args.kb,
             kb_mode=args.kb_mode,
         )

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ownllm.commands.common import add_run_argument
+from ownllm.commands.common import add_decode_argument, add_run_argument
 from ownllm.core.errors import UserError
 
 
@@ -53,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", default="pretrain", help="whose checkpoints to use (default: %(default)s)")
     parser.add_argument("--checkpoint", type=Path, metavar="DIR", help="a step_NNNNNN directory instead of the latest")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_decode_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         "repetition_penalty": args.repetition_penalty,
     }
     SamplingParams(**settings).validate()  # a bad flag is reported before the model is loaded
-    with Engine.load(args.run, stage=args.stage, device=args.device, checkpoint=args.checkpoint, max_slots=1) as engine:
+    with Engine.load(
+        args.run, stage=args.stage, device=args.device, checkpoint=args.checkpoint, max_slots=1, decode=args.decode
+    ) as engine:
         tokenizer = engine.tokenizer
         prompt = tokenizer.encode(args.prompt) or [tokenizer.eot_id]  # an empty prompt starts a fresh document
         room = min(args.max_tokens, engine.context_size // 2)  # for the continuation, keeping most of a long prompt

@@ -17,7 +17,7 @@ import socket
 import threading
 from pathlib import Path
 
-from ownllm.commands.common import add_retriever_argument, add_run_argument
+from ownllm.commands.common import add_decode_argument, add_retriever_argument, add_run_argument
 from ownllm.core.console import say
 from ownllm.core.errors import UserError
 from ownllm.run import RunDir
@@ -113,6 +113,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_retriever_argument(parser)
     parser.add_argument("--stage", choices=("sft", "pretrain"), help="checkpoints to serve (default: sft if any)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_decode_argument(parser)
     parser.add_argument("--access-log", action="store_true", help="print a line per request")
 
 
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         guardrail=args.guardrail,
         retriever=args.retriever,
         device=args.device,
+        decode=args.decode,
     ).check()
     run_dir = RunDir.open(args.run, create=False)
     stage = resolve_model(run_dir, args.stage).stage  # a missing or stale model is refused before the port is taken

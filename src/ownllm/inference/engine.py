@@ -19,7 +19,8 @@ batch, and the global random state is never touched.
 
 Decoding on CUDA replays each step from a CUDA graph (inference/graphed_decode.py): at batch 1
 a small model is otherwise bound by kernel launches, not by the GPU. `decode="plain"` turns
-that off; on a CPU every step runs as plain PyTorch.
+that off; on a CPU every step runs as plain PyTorch unless `decode="compiled"` asks for the
+same fixed-shape step compiled by torch.compile (docs/benchmarks.md, "Generation").
 
 A generation ends on a stop token (the engine's defaults, <|endoftext|> unless told otherwise,
 plus params.stop_ids), a stop string (params.stop: not part of the output, and text that could
@@ -57,7 +58,7 @@ from ownllm.run.models import ResolvedModel, resolve_model
 from ownllm.tokenizer import Tokenizer
 
 FINISH_REASONS = ("stop", "length", "cancelled")
-DECODE_MODES = ("auto", "plain", "static", "graphs")  # auto: graphs on CUDA, plain elsewhere
+DECODE_MODES = ("auto", "plain", "static", "graphs", "compiled")  # auto: graphs on CUDA, plain elsewhere
 # A penalty divides or multiplies logits: at 1e-38 it is 0 in float32 and the logits inf (NUL text).
 MIN_PENALTY, MAX_PENALTY = 0.01, 100.0
 
@@ -179,7 +180,9 @@ class Engine:
         """model in eval mode on its device; stop_ids: default stop tokens (None: {tokenizer.eot_id}).
 
         decode: "graphs" (CUDA graphs), "plain" (one PyTorch call per step), "static" (the graphs'
-        fixed-shape step without capture, for tests), or "auto" (graphs on CUDA, else plain).
+        fixed-shape step without capture, for tests), "compiled" (that step through torch.compile:
+        the fast path on a CPU once compiled, seconds per new shape first), or "auto" (graphs on
+        CUDA, else plain).
         autocast: run the model under autocast to this dtype (the training samples run in the
         training's precision: autocast is per thread, and the scheduler is a thread of its own).
         """
@@ -384,7 +387,13 @@ class Engine:
                 if self._cache is None:
                     self._cache = KVCache(self.model.config, self.max_slots, device=self.device, dtype=self.dtype)
                     if self.decode != "plain":
-                        self._static = StaticDecoder(self.model, self._cache, self._vocab, self.decode == "graphs")
+                        self._static = StaticDecoder(
+                            self.model,
+                            self._cache,
+                            self._vocab,
+                            graphs=self.decode == "graphs",
+                            compiled=self.decode == "compiled",
+                        )
                 while True:
                     new = self._admit()
                     if new is None:

@@ -5,9 +5,11 @@ new token recomputes them for the whole context (quadratic); with it, the prompt
 (prefill) and each new token adds its own key and value (decode).
 
 The cache is preallocated: per layer, (slots, max_len, kv_heads, head_dim) for keys and the
-same for values. A slot holds one sequence; sequences in different slots have their own
-lengths, so prompts of different lengths are decoded together, each row attending only to its
-own earlier positions. A server can start a new request in a free slot while others decode.
+same for values, a tensor of its own per layer (a compiled decode step writes into each in
+place; into views of one big tensor it copied the whole cache every token). A slot holds one
+sequence; sequences in different slots have their own lengths, so prompts of different lengths
+are decoded together, each row attending only to its own earlier positions. A server can
+start a new request in a free slot while others decode.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class KVCache:
         self.max_len = max_len or config.max_seq_len
         if self.max_len > config.max_seq_len:
             raise ValueError(f"a cache of {self.max_len} positions exceeds max_seq_len={config.max_seq_len}")
-        shape = (config.n_layers, slots, self.max_len, config.kv_heads, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (slots, self.max_len, config.kv_heads, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.slots = slots
+        self.device = self.keys[0].device
 
     def view(self, slots: list[int], starts: list[int], length: int) -> CacheView:
         """Where a forward pass of `length` new tokens per row reads and writes.
@@ -47,7 +50,7 @@ class KVCache:
         end = max(starts) + length
         if end > self.max_len:
             raise ValueError(f"{end} positions exceed the cache's {self.max_len}")
-        device = self.keys.device
+        device = self.device
         positions = torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)  # (B, T)
         # Rows on consecutive slots read their keys and values through a slice, not a gather; when
         # they also start at the same position, the new ones are written through a slice as well.

@@ -163,6 +163,7 @@ def _load(app: FastAPI, run_dir: Path, settings: ServerSettings) -> None:
             run_dir,
             stage=settings.stage,
             device=settings.device,
+            decode=settings.decode,
             max_slots=settings.max_slots,
             max_queue=settings.max_queue,
         )

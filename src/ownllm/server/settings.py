@@ -44,6 +44,7 @@ class ServerSettings:
     retriever: str = "bm25"  # how the knowledge bases are searched: bm25 | vector | hybrid (knowledge/base.py)
     stage: str | None = None  # checkpoints to serve: None = sft if the run has one, else pretrain
     device: str = "auto"
+    decode: str = "auto"  # the engine's decode step: auto | plain | compiled (inference/engine.py)
 
     @property
     def loopback(self) -> bool:
@@ -70,6 +71,8 @@ class ServerSettings:
             raise UserError("--header-timeout and --body-timeout must be between 0 and 3600 seconds")
         for origin in self.cors_origins:
             check_origin(origin)
+        if self.decode not in ("auto", "plain", "compiled"):
+            raise UserError(f"--decode {self.decode} is not one of auto, plain, compiled")
         if self.retriever not in ("bm25", "vector", "hybrid"):
             raise UserError(f"--retriever {self.retriever} is not one of bm25, vector, hybrid")
         if self.guardrail not in ("off", "flag", "mask", "refuse"):
