@@ -105,7 +105,10 @@ def test_story_requests_get_stories_that_use_every_asked_for_word():
             assert uses(request.story, word) >= 1, (word, request.story)
         if request.story in index.stories:
             from_tinystories += 1
-            assert uses(request.story, request.words[0]) >= 2  # the topic is what the story is about
+            topic = request.words[0]
+            assert uses(request.story, topic) >= 2  # the topic is what the story is about
+            if len(index.about_early[topic]) >= 3:  # ... from its start, where enough stories are
+                assert re.search(rf"\b{topic}(s|es)?\b", " ".join(request.story.split()[:25]), re.IGNORECASE)
         assert len(request.story.split()) <= 150 and request.story.isascii()
     assert 200 < from_tinystories < 290  # mostly real stories, some from templates
     assert any(len(r.words) > 1 for r in (story_request(random.Random(i), index) for i in range(50)))
@@ -116,6 +119,26 @@ def test_a_story_about_a_cat_is_about_a_cat():
     cats = [c for c in conversations if c[0]["content"].endswith(("about a cat.", "about a cat?"))]
     assert cats
     assert all(uses(c[1]["content"], "cat") >= 1 for c in cats)
+
+
+def test_multi_turn_conversations_ask_several_kinds_of_thing_and_stay_short():
+    """Two or three requests of different kinds; a story comes last more often than not, and is short."""
+    conversations = generate_conversations(300, mix=only("multi_turn", system_prompt_rate=0), seed=2)
+    story_last = with_story = 0
+    for conversation in conversations:
+        assert validate(conversation, for_training=True) == conversation
+        asked = [m["content"] for m in conversation if m["role"] == "user"]
+        assert 2 <= len(asked) <= 3
+        stories = [i for i, q in enumerate(asked) if "story" in q.lower()]
+        assert len(stories) <= 1
+        if stories:
+            with_story += 1
+            story_last += stories[0] == len(asked) - 1
+            answer = conversation[[i for i, m in enumerate(conversation) if m["role"] == "user"][stories[0]] + 1]
+            assert len(answer["content"].split()) <= 90
+        assert sum(len(m["content"].split()) for m in conversation) < 180  # fits a 256-token context
+    assert 150 < with_story < 280 and story_last > 0.6 * with_story
+    assert sum(any("tool_call" in m for m in c) for c in conversations) > 100  # sums among the turns
 
 
 def test_template_stories_can_use_words_no_story_contains():

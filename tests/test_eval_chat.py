@@ -199,3 +199,22 @@ def test_abstaining_includes_the_search_tools_answers():
 
     assert abstains("I could not find that in the documents.") and abstains("I have no documents to search.")
     assert abstains("The text does not say.") and not abstains("Mia lives in Paris (mia.txt).")
+
+
+def test_the_skills_are_also_asked_in_phrasings_no_training_conversation_uses():
+    """Every third story and sum, and three of the eight name questions, in words the fine-tuning data never uses."""
+    from ownllm.chatformat.generated import generate_conversations
+
+    trained = {m["content"] for c in generate_conversations(3000, seed=0) for m in c if m["role"] == "user"}
+    for items in (chat_tasks.chat_name("Ada"), chat_tasks.chat_calculator(), chat_tasks.chat_story()):
+        groups = {item.group for item in items}
+        assert groups == {"trained phrasing", "new phrasing"}
+        new = [item for item in items if item.group == "new phrasing"]
+        assert len(new) >= len(items) // 3 - 1
+        assert not any(item.prompt in trained for item in new)
+    story_starts = {p.split(" about ")[0] for p in trained if " story about " in p}
+    assert not any(
+        item.prompt.split(" about ")[0] in story_starts
+        for item in chat_tasks.chat_story()
+        if item.group == "new phrasing"
+    )

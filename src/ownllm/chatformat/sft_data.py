@@ -46,14 +46,16 @@ BUNDLED = {"oasst": "oasst-en100-trees.jsonl", "dolly": "dolly-151.jsonl", "chat
 
 # Arithmetic gets the most: copying the numbers into the call and the result into the answer is the
 # skill a small model learns last (docs/chat.md, "Fine-tuning"); its name it learns from little data,
-# so the search tool's share comes mostly from identity and small talk.
+# so the search tool's share comes mostly from identity and small talk. Conversations of several turns
+# (multi_turn) also hold names, sums and stories: their share comes from those kinds.
 DEFAULT_WEIGHTS = {
-    "identity": 0.08,
-    "small_talk": 0.08,
-    "arithmetic": 0.44,
-    "story": 0.25,
+    "identity": 0.06,
+    "small_talk": 0.06,
+    "arithmetic": 0.38,
+    "story": 0.22,
     "passage": 0.05,
-    "search": 0.1,
+    "search": 0.08,
+    "multi_turn": 0.15,
 }
 
 

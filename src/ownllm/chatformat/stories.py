@@ -19,6 +19,14 @@ from pathlib import Path
 
 STORY_FILE = "tinystories-train-prefix.txt"  # in ownllm/resources/corpus/
 _WORD = re.compile(r"[a-z]+")
+MIN_STORIES = 3  # a topic with fewer stories is asked for with template stories only
+EARLY_WORDS = 25  # a story "about" a topic names it within its first 25 words (about two sentences)
+
+
+def _names_early(word: str, story: str) -> bool:
+    """Whether the story names the word (or its plural) within its first EARLY_WORDS words."""
+    return re.search(rf"\b{word}(?:s|es)?\b", " ".join(story.split()[:EARLY_WORDS]), re.IGNORECASE) is not None
+
 
 # Topic nouns that many short TinyStories stories are about, with the article a request uses.
 TOPICS = {
@@ -153,6 +161,11 @@ class StoryIndex:
             for word, count in counts.items():
                 if count >= 2 and word in self.about:
                     self.about[word].append(i)
+        # ... of which those that name it in their first EARLY_WORDS words: a story that starts elsewhere
+        # teaches a small model to start with Lily and never get to the cat.
+        self.about_early = {
+            topic: [i for i in found if _names_early(topic, self.stories[i])] for topic, found in self.about.items()
+        }
 
     @classmethod
     @functools.lru_cache(maxsize=4)
@@ -161,7 +174,7 @@ class StoryIndex:
         path = Path(str(resources.files("ownllm.resources"))) / "corpus" / STORY_FILE
         return cls(split_stories(path.read_text(encoding="utf-8")), max_words)
 
-    def topics(self, min_stories: int = 3) -> list[str]:
+    def topics(self, min_stories: int = MIN_STORIES) -> list[str]:
         return [t for t in TOPICS if len(self.about[t]) >= min_stories]
 
     def uses(self, story_index: int, word: str) -> bool:
@@ -197,7 +210,8 @@ def story_request(rng: random.Random, index: StoryIndex, template_rate: float = 
     if not topics or rng.random() < template_rate:
         return _template_request(rng, topics)
     topic = rng.choice(topics)
-    story_id = rng.choice(index.about[topic])
+    early = index.about_early[topic]
+    story_id = rng.choice(early if len(early) >= MIN_STORIES else index.about[topic])
     story = index.stories[story_id]
     others = [t for t in topics if t != topic and index.uses(story_id, t)]
     extra = rng.sample(others, k=min(len(others), rng.choice((0, 0, 1, 2))))

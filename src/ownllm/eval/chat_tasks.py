@@ -8,9 +8,14 @@ the evaluation asks the same questions.
 
   chat_name        "What is your name?" in 8 phrasings (3 that no training conversation uses)
                    x 5 seeds: the reply names the persona
+
+  Each of the first three tasks also reports its items by phrasing: "trained phrasing" (how the
+  fine-tuning data asks) and "new phrasing" (asked in words no training conversation uses), so a
+  score is not only a measure of phrasings the model was tuned on.
+
   chat_calculator  60 sums, differences and products of whole numbers that the arithmetic
-                   training never draws (chatformat/generated.py `held_out`), asked as the
-                   training asks: acc = a calculator call that computes the right value and a
+                   training never draws (chatformat/generated.py `held_out`), every third in
+                   a phrasing the training does not use: acc = a calculator call that computes the right value and a
                    reply that states it; called = any calculator call; right_call
   chat_story       40 requests for a story with one or two asked-for words: acc = every word
                    used (plurals count) in a story of at least 25 words; words_used
@@ -84,8 +89,19 @@ def _says_name(name: str, reply: Reply) -> dict[str, float]:
     return {"acc": float(re.search(rf"\b{re.escape(name.lower())}\b", reply.text.lower()) is not None)}
 
 
+TRAINED_NAME_QUESTIONS = 5  # the first five of NAME_QUESTIONS are phrasings the training data uses
+
+
+def _phrasing(new: bool) -> str:
+    return "new phrasing" if new else "trained phrasing"
+
+
 def chat_name(persona_name: str, seeds: int = 5) -> list[ChatItem]:
-    return [ChatItem(q, seed, 48, partial(_says_name, persona_name)) for q in NAME_QUESTIONS for seed in range(seeds)]
+    return [
+        ChatItem(q, seed, 48, partial(_says_name, persona_name), group=_phrasing(i >= TRAINED_NAME_QUESTIONS))
+        for i, q in enumerate(NAME_QUESTIONS)
+        for seed in range(seeds)
+    ]
 
 
 # chat_calculator -----------------------------------------------------------------------------
@@ -97,6 +113,12 @@ _ASK_SUM = (
     ("How much is {a} {op} {b}?", {"+": "plus", "-": "minus", "*": "multiplied by"}),
     ("What's {a} {op} {b}?", {"+": "+", "-": "-", "*": "x"}),
     ("Please compute {a} {op} {b}.", {"+": "plus", "-": "minus", "*": "times"}),
+)
+# Phrasings no training conversation uses: every third item asks with one of these.
+_ASK_SUM_NEW = (
+    ("Work out {a} {op} {b} for me.", {"+": "+", "-": "-", "*": "*"}),
+    ("I need the answer to {a} {op} {b}.", {"+": "plus", "-": "minus", "*": "times"}),
+    ("Quick question: {a} {op} {b}?", {"+": "+", "-": "-", "*": "*"}),
 )
 
 
@@ -121,9 +143,11 @@ def chat_calculator(count: int = 60) -> list[ChatItem]:
         op = rng.choice("+-*")
         high = 99 if op == "*" else 999
         a, b = _held_out_number(rng, 21, high), _held_out_number(rng, 21, high)
-        template, words = rng.choice(_ASK_SUM)
+        new = i % 3 == 2
+        template, words = rng.choice(_ASK_SUM_NEW if new else _ASK_SUM)
         expected = calculate(f"{a} {op} {b}")
-        items.append(ChatItem(template.format(a=a, op=words[op], b=b), i, 64, partial(_computes, expected)))
+        prompt = template.format(a=a, op=words[op], b=b)
+        items.append(ChatItem(prompt, i, 64, partial(_computes, expected), group=_phrasing(new)))
     return items
 
 
@@ -136,13 +160,29 @@ def _uses_words(words: tuple[str, ...], reply: Reply) -> dict[str, float]:
     return {"acc": float(all(used) and long_enough), "words_used": sum(used) / len(used)}
 
 
+# Phrasings of one-topic requests that no training conversation uses (chatformat/stories.py has those).
+STORY_NEW_PHRASINGS = (
+    "Could you make up a story about {0}?",
+    "I'd like to hear a story about {0}.",
+    "Write me a little story about {0}.",
+    "Story time! Tell me one about {0}.",
+)
+
+
 def chat_story(count: int = 40) -> list[ChatItem]:
+    """Every third request (one topic) in a phrasing of STORY_NEW_PHRASINGS, the rest as training asks."""
     topics = sorted(TOPICS)
     items = []
     for i in range(count):
         rng = _rng("chat_story", i)
         words = tuple(rng.sample(topics, k=rng.choice((1, 1, 1, 2))))
-        items.append(ChatItem(story_phrase(rng, words), i, 200, partial(_uses_words, words)))
+        new = i % 3 == 2
+        if new:
+            words = words[:1]
+            prompt = rng.choice(STORY_NEW_PHRASINGS).format(TOPICS[words[0]])
+        else:
+            prompt = story_phrase(rng, words)
+        items.append(ChatItem(prompt, i, 200, partial(_uses_words, words), group=_phrasing(new)))
     return items
 
 
@@ -230,7 +270,7 @@ def chat_multi_turn(persona_name: str, count: int = 20) -> list[ChatItem]:
     for i in range(count):
         name, calculator, story = names[i % len(names)], calculators[i], stories[i]
         check = partial(_all_turns, ("name", "calculator", "story"), (name.check, calculator.check, story.check))
-        made.append(replace(story, seed=i, check=check, earlier=(name, calculator)))
+        made.append(replace(story, seed=i, check=check, earlier=(name, calculator), group=""))
     return made
 
 
