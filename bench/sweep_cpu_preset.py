@@ -8,6 +8,9 @@ candidate's run directory.
 
     .venv/bin/python bench/sweep_cpu_preset.py --budget 3m                # every candidate
     .venv/bin/python bench/sweep_cpu_preset.py --budget 10m --only base   # one, at the full budget
+    .venv/bin/python bench/sweep_cpu_preset.py --steps 400 --only base muon --repeats 2
+                                         # a fixed number of steps (quality per step, not per second),
+                                         # candidates alternating, each twice
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ CANDIDATES: dict[str, tuple[int, list[str]]] = {
         ["model.d_model=192", "model.n_heads=3", "model.n_layers=3", "batch_tokens=2048", "micro_batch=8"],
     ),
     "tiny-128": (8192, ["model.d_model=128", "model.n_heads=2", "model.n_layers=4"]),
+    # 2026-12: the cpu preset is small-192 (above); these change one thing on top of it.
+    "muon": (8192, ["optimizer=muon"]),
+    "muon-lr-4e-3": (8192, ["optimizer=muon", "lr=4e-3"]),
+    "muon-lr-8e-3": (8192, ["optimizer=muon", "lr=8e-3"]),
+    "lr-4e-3": (8192, ["lr=4e-3"]),
+    "muon-wsd": (8192, ["optimizer=muon", "schedule=wsd", "decay_fraction=0.4"]),
+    "wsd": (8192, ["schedule=wsd", "decay_fraction=0.4"]),
 }
 
 
@@ -72,19 +82,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", default="3m", help="training time per candidate (default %(default)s)")
     parser.add_argument("--root", default="runs/sweep", help="where the runs go (default %(default)s)")
+    parser.add_argument("--steps", type=int, help="train this many steps instead of a time budget")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each candidate, alternating (default 1)")
     parser.add_argument("--only", nargs="*", choices=list(CANDIDATES), help="run only these candidates")
     args = parser.parse_args()
     os.environ.setdefault("OWNLLM_PROGRESS", "0")
     root = Path(args.root)
     rows = []
-    for name in args.only or CANDIDATES:
+    for repeat, name in ((r, n) for r in range(args.repeats) for n in args.only or CANDIDATES):
         vocab, overrides = CANDIDATES[name]
         base = prepare_base(root, vocab)
-        run = root / name
+        run = root / (name if args.repeats == 1 else f"{name}-{repeat + 1}")
         shutil.rmtree(run, ignore_errors=True)
         for part in ("corpus", "tokenizer", "tokens"):
             shutil.copytree(base / part, run / part)
-        cmd = [*OWNLLM, "pretrain", "--run", str(run), "--preset", "cpu", "--time-budget", args.budget]
+        cmd = [*OWNLLM, "pretrain", "--run", str(run), "--preset", "cpu"]
+        cmd += (
+            ["--set", "time_budget=0", "--set", f"steps={args.steps}"] if args.steps else ["--time-budget", args.budget]
+        )
         for o in overrides:
             cmd += ["--set", o]
         start = time.perf_counter()

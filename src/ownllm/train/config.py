@@ -19,6 +19,7 @@ from ownllm.core.settings import dataclass_from_dict
 from ownllm.model.config import ModelConfig
 
 SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 DATA_ORDERS = ("random", "sequential")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -43,6 +44,7 @@ class TrainConfig:
     warmup_steps: int = 20
     schedule: str = "cosine"  # cosine, or wsd (warmup, stable, then a linear decay over decay_fraction)
     decay_fraction: float = 0.2
+    optimizer: str = "adamw"  # adamw, or muon (Muon for the blocks' matrices, AdamW for the rest; train/muon.py)
     weight_decay: float = 0.1  # on matrices only
     beta1: float = 0.9
     beta2: float = 0.95
@@ -131,6 +133,7 @@ class TrainConfig:
             raise UserError(f"time_budget={self.time_budget} must be 0 (off) or a positive duration")
         for name, allowed in (
             ("schedule", SCHEDULES),
+            ("optimizer", OPTIMIZERS),
             ("data_order", DATA_ORDERS),
             ("dtype", DTYPES),
             ("device", DEVICES),

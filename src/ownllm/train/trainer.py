@@ -104,10 +104,12 @@ class Trainer:
         if config.fsdp and not self.sharded and self.dist.is_main:
             say("fsdp=true needs a start by torchrun (one process will do); training without sharding")
         self._check_memory()
+        if self.sharded and config.optimizer == "muon":
+            raise UserError("optimizer=muon orthogonalises whole matrices, not FSDP's shards; use fsdp=false")
         self.ddp = self._distribute(model)
         # Built after sharding: FSDP replaces each parameter by this process's shard of it.
         self.optimizer = build_optimizer(
-            model, config.lr, config.weight_decay, (config.beta1, config.beta2), precision.device
+            model, config.lr, config.weight_decay, (config.beta1, config.beta2), precision.device, config.optimizer
         )
         self.scaler = precision.grad_scaler()
         self.params = [p for p in model.parameters() if p.requires_grad]
