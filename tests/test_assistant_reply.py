@@ -12,7 +12,7 @@ from ownllm.assistant.reply import ContextOverflow, fit_to_context, reply
 from ownllm.chatformat.conversation import validate
 from ownllm.chatformat.template import ChatTemplate
 from ownllm.core.errors import UserError
-from ownllm.inference.engine import Engine, SamplingParams
+from ownllm.inference.engine import Engine, Event, SamplingParams
 from ownllm.tokenizer import train_bpe
 
 GREEDY = SamplingParams(temperature=0, max_tokens=64)
@@ -107,6 +107,40 @@ def test_overflow_when_the_system_prompt_and_latest_message_do_not_fit(template)
         fit_to_context(template, chat, needed - 1)
     assert isinstance(raised.value, UserError) and "\n" not in str(raised.value)
     assert (raised.value.prompt_tokens, raised.value.context_size) == (needed, needed - 1)
+
+
+class ScriptedCaller:
+    """An engine whose every generation calls the calculator, then (after the result) says `answer`."""
+
+    def __init__(self, template: ChatTemplate, context_size: int, answer: str = "It is 84."):
+        self.template, self.context_size, self.answer, self.prompts = template, context_size, answer, []
+
+    def stream(self, prompt_ids, params):
+        self.prompts.append(prompt_ids)
+        encode = self.template.tokenizer.encode_ordinary
+        t = self.template
+        ids = [t.tool_call_id, *encode("calculator(12 * 7)")] if len(self.prompts) == 1 else encode(self.answer)
+        for token in ids:
+            yield Event(self.template.tokenizer.decode([token]), [token])
+        yield Event("", [t.end_of_turn_id], finish_reason="stop", stop_token=t.end_of_turn_id)
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_a_tool_result_that_leaves_no_room_ends_the_reply_instead_of_failing(template, truncate):
+    """The question fits; the model's own call and its result would not: the reply ends before the call."""
+    question = [user("What is 12 * 7? " + "Please answer. " * 20)]
+    params = SamplingParams(temperature=0, max_tokens=32)
+    fits = len(template.render_prompt(question)) + 32  # exactly the prompt and the reply's room
+    engine = ScriptedCaller(template, context_size=fits)
+    events = list(reply(engine, template, question, params, truncate=truncate))
+    assert [e.kind for e in events] == ["done"] and events[0].finish_reason == "length"
+    assert events[0].messages == [assistant("")] and len(engine.prompts) == 1  # the call neither run nor kept
+    validate(question + events[0].messages + [user("Thanks")])  # the history can go on
+    roomy = ScriptedCaller(template, context_size=fits + 96)
+    events = list(reply(roomy, template, question, params, truncate=truncate))
+    assert [e.kind for e in events][:2] == ["tool_call", "tool_result"] and events[-1].messages[-1] == assistant(
+        "It is 84."
+    )
 
 
 # ---- the reply loop on a model trained to answer the fixture's questions ------------------------

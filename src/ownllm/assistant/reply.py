@@ -86,6 +86,17 @@ def _fit(template: ChatTemplate, conversation: Conversation, budget: int) -> tup
     raise ContextOverflow(size, budget)  # the size with every earlier exchange dropped
 
 
+def _fits(template: ChatTemplate, conversation: Conversation, budget: int, truncate: bool) -> bool:
+    """Whether the conversation's prompt fits `budget` tokens (dropping old exchanges if truncate)."""
+    if not truncate:
+        return len(template.render_prompt(conversation)) <= budget
+    try:
+        _fit(template, conversation, budget)
+    except ContextOverflow:
+        return False
+    return True
+
+
 def _message_spans(template: ChatTemplate, ids: list[int]) -> list[tuple[int, int]]:
     """[start, end) of each message in rendered ids: every message begins with its header token.
 
@@ -163,12 +174,12 @@ def reply(
     checking = guardrail is not None and guardrail.active
     masking = checking and guardrail is not None and guardrail.masks_output()
     context = engine.context_size
-    reserved = reply_room(context, params.max_tokens)
     stop_ids = params.stop_ids | template.stop_ids
     new: list[Message] = []
     generated = 0
     while True:
         full = conversation + new
+        reserved = reply_room(context, params.max_tokens - generated)  # after a tool call: what is left
         if truncate:
             try:
                 _, dropped, prompt = _fit(template, full, context - reserved)
@@ -214,9 +225,24 @@ def reply(
                 completion_tokens=generated,
             )
             return
-        yield ReplyEvent("tool_call", format_tool_call(call))
         result = run_tool(call, tools)
-        new.append({"role": "tool", "content": result})
+        following = [*new, {"role": "tool", "content": result}]
+        room_left = reply_room(context, params.max_tokens - generated)
+        if not _fits(template, conversation + following, context - room_left, truncate):
+            # The model's own call and its result leave no room to go on: like a call cut off by
+            # max tokens, it is neither reported nor kept, and the reply ends with the text before it.
+            new[-1] = {"role": "assistant", "content": message["content"]}
+            yield ReplyEvent(
+                "done",
+                finish_reason="length",
+                messages=new,
+                dropped=dropped,
+                prompt_tokens=len(prompt),
+                completion_tokens=generated,
+            )
+            return
+        yield ReplyEvent("tool_call", format_tool_call(call))
+        new = following
         yield ReplyEvent("tool_result", result, messages=new[-2:])
 
 
