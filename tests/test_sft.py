@@ -157,8 +157,9 @@ def test_held_out_split_is_deterministic_and_disjoint(template):
     assert sum(s.held_out for s in first.sources) == len(first.held_out)
     # the side depends on the content only
     conversation = exchanges(1)
-    assert content_hash(conversation) == content_hash(json.loads(json.dumps(conversation)))
-    assert content_hash(conversation) != content_hash(exchanges(2))
+    same = fit_example(template, json.loads(json.dumps(conversation)), 256)[0]
+    assert content_hash(fit_example(template, conversation, 256)[0]) == content_hash(same)
+    assert content_hash(same) != content_hash(fit_example(template, exchanges(2), 256)[0])
 
 
 def test_mixture_from_a_toml_file_with_overrides(tmp_path):

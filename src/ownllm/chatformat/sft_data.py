@@ -16,14 +16,14 @@ Where the conversations come from (the *mixture*):
 
 Each conversation is rendered with the ChatTemplate. One longer than seq_len + 1 tokens is
 cut after the last assistant turn that fits, if what remains still has something to learn,
-and dropped otherwise. A stable hash of each conversation's content sends it to the held-out
-split or to training, so copies of one conversation always land on the same side.
+and dropped otherwise. A stable hash of what each conversation leaves to train on (its tokens
+after any cut) sends it to the held-out split or to training, so copies of one example always
+land on the same side (two conversations that differ only after their cut are such copies).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import tomllib
 from collections.abc import Sequence
@@ -277,12 +277,12 @@ def build_sft_data(mixture: SFTMixture, template: ChatTemplate, seq_len: int) ->
                 continue
             c.whole += how == "whole"
             c.cut += how == "cut"
-            fitted.append((conversation, example))
+            fitted.append(example)
         if cap is not None and len(fitted) > cap:
             c.capped = len(fitted) - cap
             fitted = random.Random(f"ownllm.sft.cap:{mixture.seed}:{name}").sample(fitted, cap)
-        for conversation, example in fitted:
-            h = content_hash(conversation)
+        for example in fitted:
+            h = content_hash(example)
             if h < mixture.held_out:
                 held_out.append((h, example))
                 c.held_out += 1
@@ -315,9 +315,9 @@ def fit_example(template: ChatTemplate, conversation: Conversation, seq_len: int
     return Example(np.array(ids[:-1], dtype=np.int32), np.array(targets, dtype=np.int32)), how
 
 
-def content_hash(conversation: Conversation) -> float:
-    """A number in [0, 1) fixed by the conversation's content alone (not its position, not the seed)."""
-    key = json.dumps(conversation, sort_keys=True, ensure_ascii=False).encode("utf-8")
+def content_hash(example: Example) -> float:
+    """A number in [0, 1) fixed by the example's tokens alone (not its position, not the seed)."""
+    key = example.inputs.astype("<i4").tobytes() + example.targets.astype("<i4").tobytes()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
 
 
