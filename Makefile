@@ -27,12 +27,12 @@ test: lint
 test-all: setup
 	$(PY) -m pytest -q
 
-## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 26-30 minutes on 2 quiet cores).
+## The main job: the whole pipeline on the bundled corpus with the `cpu` preset (about 22-25 minutes on 2 quiet cores).
 demo: setup
 	@echo "ownllm demo: corpus -> tokenizer -> token shards -> 10 minutes of pretraining -> samples"
-	@echo "            -> 1,500 steps of chat fine-tuning (about 10 minutes) -> a short conversation with the assistant"
+	@echo "            -> 2,500 steps of chat fine-tuning (about 9 minutes) -> a short conversation with the assistant"
 	@echo "            -> the benchmark scores and chat skills of the chat model (ownllm eval, about 4 minutes) -> the report."
-	@echo "This takes about 26-30 minutes on a quiet 2-core CPU, longer on a busy one. Artifacts go to $(RUN)/; Ctrl-C stops safely."
+	@echo "This takes about 22-25 minutes on a quiet 2-core CPU, longer on a busy one. Artifacts go to $(RUN)/; Ctrl-C stops safely."
 	$(VENV)/bin/ownllm data --run $(RUN)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --vocab-size $(VOCAB)
 	$(VENV)/bin/ownllm tokenizer --run $(RUN) --stats

@@ -60,6 +60,11 @@ def test_pretrain_then_sample_with_a_real_tokenizer(tmp_path, capsys):
     assert exit_info.value.code == 0 and same_newlines == result.stdout
     model, state = load_model(latest_checkpoint(run / "checkpoints" / "pretrain"))
     assert state["step"] == 30 and model.config.vocab_size == 400
+    # The compiled decode step (--decode compiled) samples the very same text.
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*args, "--decode", "compiled"]])
+    compiled = capsys.readouterr().out.replace("\r\n", "\n").replace("\r", "\n")
+    assert exit_info.value.code == 0 and compiled == result.stdout
 
 
 def test_sample_errors_are_one_line(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """`ownllm sft`: fine-tune the pretrained model into an assistant, on conversations.
 
-    ownllm sft --run runs/demo                              # the cpu preset: 1,500 steps, about ten minutes
+    ownllm sft --run runs/demo                              # the cpu preset: 2,500 steps, about ten minutes
     ownllm sft --run runs/demo --persona-name Ada --data my_chats.jsonl
     ownllm sft --run runs/demo --mixture mix.toml --set sft.generated=3000 --set lr=3e-4
     ownllm sft --run runs/demo --resume                     # continue exactly from the latest checkpoint
@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser,
         list(SFT_PRESETS),
         default="cpu",
-        preset_help="starting settings: tiny (seconds), cpu (1,500 steps: about 10 minutes on 2 "
+        preset_help="starting settings: tiny (seconds), cpu (2,500 steps: about 10 minutes on 2 "
         "quiet cores), gpu-small",
         set_help="override a training setting (--set lr=3e-4) or the data mixture "
         "(--set sft.generated=3000, --set sft.bundled.chatterbot=0); repeatable",

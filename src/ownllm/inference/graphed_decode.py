@@ -108,7 +108,9 @@ class StaticDecoder:
                 entry = self._captured[(rows, span)] = self._capture(rows, span)
             graph, logits = entry
             graph.replay()
-        if slots == list(range(len(slots))):  # a slice, not a gather (batch 1: slot 0)
+        if not self.graphs and slots == list(range(len(slots))):
+            # A slice, not a gather (batch 1: slot 0). Not of a graph's output, which the next replay
+            # overwrites: the gather copies it.
             return logits[: len(slots), : self.vocab]
         return logits[slots, : self.vocab]
 
