@@ -79,3 +79,9 @@ def test_a_muon_run_learns_and_resumes_exactly(tmp_path, capsys):
     status, stderr = ownllm_here(capsys, "pretrain", "--run", run, "--resume")
     assert status == 0 and "resuming from" in stderr, stderr
     assert step_losses(run) == losses
+
+
+def test_an_unknown_optimizer_is_a_one_line_error(tmp_path, capsys):
+    run = byte_level_run(tmp_path / "run")
+    status, stderr = ownllm_here(capsys, "pretrain", "--run", run, "--preset", "tiny", "--set", "optimizer=sgd")
+    assert status != 0 and "optimizer='sgd' is not one of adamw, muon" in stderr and "Traceback" not in stderr

@@ -19,7 +19,8 @@ from ownllm.core.settings import dataclass_from_dict
 from ownllm.model.config import ModelConfig
 
 SCHEDULES = ("cosine", "wsd")
-OPTIMIZERS = ("adamw", "muon")
+# optimizer setting -> what training prints (train/optim.py builds them)
+OPTIMIZERS = {"adamw": "AdamW", "muon": "Muon (the blocks' matrices) + AdamW (embeddings, output, gains)"}
 DATA_ORDERS = ("random", "sequential")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,8 +13,6 @@ from torch import nn
 
 from ownllm.train.muon import MuonWithAdamW
 
-OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon (the blocks' matrices) + AdamW (embeddings, output, gains)"}
-
 
 def build_optimizer(
     model: nn.Module,

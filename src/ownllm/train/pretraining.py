@@ -17,11 +17,10 @@ from ownllm.core.bpb import bits_per_byte, perplexity
 from ownllm.core.device import Precision
 from ownllm.model import Transformer
 from ownllm.run.token_shards import TokenShards
-from ownllm.train.config import TrainConfig
+from ownllm.train.config import OPTIMIZERS, TrainConfig
 from ownllm.train.distributed import Distributed
 from ownllm.train.loader import BatchLoader, eval_batches
 from ownllm.train.memory import auto_micro_batch
-from ownllm.train.optim import OPTIMIZER_NAMES
 from ownllm.train.runner import StageParts, mean_loss
 from ownllm.train.trainer import Hooks, Trainer
 
@@ -78,7 +77,7 @@ class Pretraining:
                 f"batch: {config.batch_tokens:,} tokens per step ({config.micro_batch} x {config.seq_len} x "
                 f"{trainer.grad_accum} accumulated{processes}); training split {train_split.tokens:,} tokens"
                 + (f"; time budget {config.time_budget:.0f} s" if budget else ""),
-                f"optimizer: {OPTIMIZER_NAMES[config.optimizer]}, lr {config.lr:g}, {config.schedule} schedule",
+                f"optimizer: {OPTIMIZERS[config.optimizer]}, lr {config.lr:g}, {config.schedule} schedule",
             ]
 
         def finished(trainer: Trainer) -> str | None:
