@@ -86,15 +86,18 @@ def _fit(template: ChatTemplate, conversation: Conversation, budget: int) -> tup
     raise ContextOverflow(size, budget)  # the size with every earlier exchange dropped
 
 
-def _fits(template: ChatTemplate, conversation: Conversation, budget: int, truncate: bool) -> bool:
-    """Whether the conversation's prompt fits `budget` tokens (dropping old exchanges if truncate)."""
-    if not truncate:
-        return len(template.render_prompt(conversation)) <= budget
-    try:
-        _fit(template, conversation, budget)
-    except ContextOverflow:
-        return False
-    return True
+def _prompt_within(
+    template: ChatTemplate, conversation: Conversation, budget: int, truncate: bool
+) -> tuple[int, list[int]]:
+    """(messages dropped, prompt ids) of the conversation in `budget` tokens, dropping old exchanges only
+    if truncate; ContextOverflow when it cannot fit."""
+    if truncate:
+        _, dropped, ids = _fit(template, conversation, budget)
+        return dropped, ids
+    ids = template.render_prompt(conversation)
+    if len(ids) > budget:
+        raise ContextOverflow(len(ids), budget)
+    return 0, ids
 
 
 def _message_spans(template: ChatTemplate, ids: list[int]) -> list[tuple[int, int]]:
@@ -180,15 +183,10 @@ def reply(
     while True:
         full = conversation + new
         reserved = reply_room(context, params.max_tokens - generated)  # after a tool call: what is left
-        if truncate:
-            try:
-                _, dropped, prompt = _fit(template, full, context - reserved)
-            except ContextOverflow as e:
-                raise ContextOverflow(e.prompt_tokens, context, reserved) from None
-        else:
-            dropped, prompt = 0, template.render_prompt(full)
-            if len(prompt) > context - reserved:
-                raise ContextOverflow(len(prompt), context, reserved)
+        try:
+            dropped, prompt = _prompt_within(template, full, context - reserved, truncate)
+        except ContextOverflow as e:
+            raise ContextOverflow(e.prompt_tokens, context, reserved) from None
         calls_left = max_tool_calls - sum(1 for m in new if m["role"] == "tool")
         turn_params = replace(
             params,
@@ -227,8 +225,10 @@ def reply(
             return
         result = run_tool(call, tools)
         following = [*new, {"role": "tool", "content": result}]
-        room_left = reply_room(context, params.max_tokens - generated)
-        if not _fits(template, conversation + following, context - room_left, truncate):
+        try:
+            room = reply_room(context, params.max_tokens - generated)  # what the next turn's prompt must leave
+            _prompt_within(template, conversation + following, context - room, truncate)
+        except ContextOverflow:
             # The model's own call and its result leave no room to go on: like a call cut off by
             # max tokens, it is neither reported nor kept, and the reply ends with the text before it.
             new[-1] = {"role": "assistant", "content": message["content"]}

@@ -7,7 +7,7 @@
 
 Where the conversations come from (the *mixture*):
 
-  generated   `generated` conversations of the six skills (chatformat/generated.py), mixed by
+  generated   `generated` conversations of the seven kinds (chatformat/generated.py), mixed by
               `generated_mix.weights`: these teach who the assistant is, the calculator, stories
   bundled     OpenAssistant, dolly and ChatterBot (resources/sft/), each capped at a seeded
               sample of `bundled.<name>` conversations: real questions, so the model sees more
